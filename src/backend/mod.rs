@@ -3,6 +3,11 @@
 //! Nothing above this module knows which store it talks to. Keys are plain
 //! strings made of `[a-z0-9/._-]`; values are opaque byte strings.
 
+pub mod local;
+pub mod memory;
+pub mod retry;
+pub mod s3;
+
 use std::fmt::Debug;
 use std::ops::Range;
 
@@ -24,7 +29,11 @@ pub enum BackendError {
     #[error("store unreachable or temporarily failing: {0}")]
     Transient(String),
     #[error("invalid range {range:?} for object {key} of size {size}")]
-    InvalidRange { key: String, range: Range<u64>, size: u64 },
+    InvalidRange {
+        key: String,
+        range: Range<u64>,
+        size: u64,
+    },
     #[error("store error: {0}")]
     Other(String),
 }
