@@ -28,7 +28,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
@@ -151,12 +151,12 @@ impl S3Store {
                     (SdkError::ServiceError(_), Some(403)) => BackendError::AccessDenied(format!(
                         "bucket {} at {where_}: {}",
                         self.bucket,
-                        DisplayErrorContext(&e)
+                        Brief(&e)
                     )),
                     (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _) => {
                         BackendError::Transient(format!(
                             "cannot reach endpoint {where_}: {}",
-                            DisplayErrorContext(&e)
+                            Brief(&e)
                         ))
                     }
                     _ => map_err(e, &format!("bucket {}", self.bucket)),
@@ -219,7 +219,7 @@ fn credentials_error(err: &(dyn std::error::Error + 'static)) -> Option<BackendE
             let msg = format!(
                 "cannot load AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
                  AWS_PROFILE or another source of the AWS chain): {}",
-                DisplayErrorContext(ce)
+                Brief(ce)
             );
             return Some(match ce {
                 CredentialsError::CredentialsNotLoaded(_)
@@ -240,7 +240,7 @@ where
     if let Some(e) = credentials_error(&err) {
         return e;
     }
-    let detail = || format!("{what}: {}", DisplayErrorContext(&err));
+    let detail = || format!("{what}: {}", Brief(&err));
     match &err {
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => BackendError::Transient(detail()),
         SdkError::DispatchFailure(d) if d.is_user() => BackendError::Other(detail()),
@@ -452,5 +452,24 @@ impl ObjectStore for S3Store {
     fn describe(&self) -> String {
         let at = self.endpoint.as_deref().unwrap_or("AWS");
         format!("s3://{}/{} at {at}", self.bucket, self.prefix)
+    }
+}
+
+/// An error and its causes as one plain line (the SDK's own rendering appends Debug output,
+/// which is no use to a user).
+struct Brief<'a, E: std::error::Error + 'static>(&'a E);
+
+impl<E: std::error::Error + 'static> std::fmt::Display for Brief<'_, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self.0);
+        while let Some(e) = cur {
+            let msg = e.to_string();
+            if !msg.is_empty() && !parts.iter().any(|p| p.contains(&msg)) {
+                parts.push(msg);
+            }
+            cur = e.source();
+        }
+        f.write_str(&parts.join(": "))
     }
 }
