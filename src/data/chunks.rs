@@ -107,7 +107,7 @@ impl ChunkStore {
         }
         let plain = self
             .keys
-            .open_chunk_blocks(&id, c.plain_len, &c.digest, first, &got)
+            .open_chunk_range(&id, c.plain_len, &c.digest, first, n, &got[..want as usize])
             .map_err(|e| match e {
                 CryptoError::Tampered(r) => corrupt(format!("authentication failed ({r})")),
                 other => corrupt(other.to_string()),
