@@ -24,7 +24,11 @@ pub enum BackendError {
     #[error("store unreachable or temporarily failing: {0}")]
     Transient(String),
     #[error("invalid range {range:?} for object {key} of size {size}")]
-    InvalidRange { key: String, range: Range<u64>, size: u64 },
+    InvalidRange {
+        key: String,
+        range: Range<u64>,
+        size: u64,
+    },
     #[error("store error: {0}")]
     Other(String),
 }
