@@ -243,9 +243,19 @@ pub fn have_tool(name: &str) -> bool {
 /// A `cryptbucket` command with a test-friendly environment: fast KDF, test S3 credentials
 /// unless the caller's environment has some, and no inherited passphrase.
 pub fn cb() -> Command {
+    use std::os::unix::process::CommandExt;
     let mut c = Command::new(bin());
     c.env("CRYPTBUCKET_TEST_FAST_KDF", "1")
         .env_remove("CRYPTBUCKET_PASSPHRASE");
+    // A new session has no controlling terminal, so a passphrase prompt (which opens /dev/tty)
+    // fails instead of waiting for a developer's keyboard.
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
     for (k, v) in [
         ("AWS_ACCESS_KEY_ID", "test"),
         ("AWS_SECRET_ACCESS_KEY", "test"),
