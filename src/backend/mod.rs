@@ -3,6 +3,11 @@
 //! Nothing above this module knows which store it talks to. Keys are plain
 //! strings made of `[a-z0-9/._-]`; values are opaque byte strings.
 
+pub mod local;
+pub mod memory;
+pub mod retry;
+pub mod s3;
+
 use std::fmt::Debug;
 use std::ops::Range;
 
