@@ -4,3 +4,8 @@
 
 pub mod backend;
 pub mod crypto;
+pub mod data;
+pub mod fuse;
+pub mod meta;
+pub mod vfs;
+pub mod volume;

@@ -1,0 +1,196 @@
+//! Command-line interface: argument types shared by subcommands, store and key resolution.
+
+pub mod init;
+pub mod mount;
+pub mod unmount;
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use cryptbucket::backend::local::LocalStore;
+use cryptbucket::backend::retry::RetryStore;
+use cryptbucket::backend::s3::{S3Config, S3Store};
+use cryptbucket::backend::ObjectStore;
+use cryptbucket::crypto::KeySource;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cryptbucket",
+    version,
+    about = "Mount an object-store bucket as an encrypted directory"
+)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new encrypted volume in STORE.
+    Init(init::InitArgs),
+    /// Mount the volume in STORE at MOUNTPOINT.
+    Mount(mount::MountArgs),
+    /// Flush everything to the store and unmount MOUNTPOINT.
+    Unmount(unmount::UnmountArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// A local directory, or s3://bucket[/prefix].
+    pub store: String,
+    /// S3 endpoint URL, for MinIO, Garage or any S3-compatible store.
+    #[arg(long, env = "CRYPTBUCKET_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// S3 region (default: from the AWS configuration, else us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KeyArgs {
+    /// Read the passphrase from this file (first line). Also: CRYPTBUCKET_PASSPHRASE.
+    #[arg(long, conflicts_with = "keyfile")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Use a keyfile instead of a passphrase (init creates it, mode 0600, if missing).
+    #[arg(long)]
+    pub keyfile: Option<PathBuf>,
+}
+
+pub enum StoreLocation {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+pub fn parse_store(s: &str) -> Result<StoreLocation> {
+    if let Some(rest) = s.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("{s}: missing bucket name (expected s3://bucket[/prefix])");
+        }
+        return Ok(StoreLocation::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        });
+    }
+    if s.contains("://") {
+        bail!("{s}: unsupported store (expected a local directory or s3://bucket[/prefix])");
+    }
+    Ok(StoreLocation::Local(PathBuf::from(s)))
+}
+
+/// Connect to the store, wrapped in retries. `create_local` makes a missing local directory.
+pub fn open_store(
+    rt: &tokio::runtime::Runtime,
+    args: &StoreArgs,
+    create_local: bool,
+) -> Result<Arc<dyn ObjectStore>> {
+    let store: Arc<dyn ObjectStore> = match parse_store(&args.store)? {
+        StoreLocation::Local(dir) => {
+            if args.endpoint.is_some() {
+                bail!("--endpoint only applies to s3:// stores");
+            }
+            let s = if create_local {
+                LocalStore::create(&dir)
+            } else {
+                LocalStore::open(&dir)
+            };
+            Arc::new(RetryStore::new(s.with_context(|| {
+                format!("cannot use local store {}", dir.display())
+            })?))
+        }
+        StoreLocation::S3 { bucket, prefix } => {
+            let mut cfg = S3Config::new(bucket.clone(), args.endpoint.clone()).with_prefix(prefix);
+            cfg.region = args.region.clone();
+            let s = rt
+                .block_on(async {
+                    tokio::time::timeout(Duration::from_secs(60), S3Store::connect(cfg)).await
+                })
+                .map_err(|_| anyhow::anyhow!("timed out connecting to the S3 store"))?
+                .with_context(|| format!("cannot use S3 bucket {bucket}"))?;
+            Arc::new(RetryStore::new(s))
+        }
+    };
+    Ok(store)
+}
+
+fn read_secret_file(path: &PathBuf, what: &str) -> Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::new());
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut buf))
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    Ok(buf)
+}
+
+/// Resolve the key source: keyfile, passphrase file, environment, or terminal prompt.
+/// `confirm` asks twice (init). `create_keyfile` makes a missing keyfile (init).
+pub fn key_source(args: &KeyArgs, confirm: bool, create_keyfile: bool) -> Result<KeySource> {
+    if let Some(path) = &args.keyfile {
+        if !path.exists() && create_keyfile {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let bytes = cryptbucket::crypto::generate_keyfile_bytes();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create keyfile {}", path.display()))?;
+            f.write_all(&bytes)
+                .and_then(|_| f.sync_all())
+                .with_context(|| format!("cannot write keyfile {}", path.display()))?;
+            eprintln!(
+                "created keyfile {} (keep a copy somewhere safe: without it the volume cannot be opened)",
+                path.display()
+            );
+            return Ok(KeySource::Keyfile(bytes));
+        }
+        let bytes = read_secret_file(path, "keyfile")?;
+        if bytes.len() < 16 {
+            bail!(
+                "keyfile {} is too short ({} bytes; at least 16 needed)",
+                path.display(),
+                bytes.len()
+            );
+        }
+        return Ok(KeySource::Keyfile(bytes));
+    }
+    if let Some(path) = &args.passphrase_file {
+        let bytes = read_secret_file(path, "passphrase file")?;
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| anyhow::anyhow!("passphrase file {} is not UTF-8", path.display()))?;
+        let pass = Zeroizing::new(text.lines().next().unwrap_or("").to_string());
+        drop(Zeroizing::new(text));
+        return check_pass(pass);
+    }
+    if let Ok(p) = std::env::var("CRYPTBUCKET_PASSPHRASE") {
+        std::env::remove_var("CRYPTBUCKET_PASSPHRASE");
+        return check_pass(Zeroizing::new(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no passphrase: pass --passphrase-file FILE, --keyfile FILE, or set CRYPTBUCKET_PASSPHRASE (no terminal to ask on)");
+    }
+    let p = Zeroizing::new(rpassword::prompt_password("Passphrase: ")?);
+    if confirm {
+        let again = Zeroizing::new(rpassword::prompt_password("Passphrase (again): ")?);
+        if *again != *p {
+            bail!("the two passphrases differ; nothing was created");
+        }
+    }
+    check_pass(p)
+}
+
+fn check_pass(p: Zeroizing<String>) -> Result<KeySource> {
+    if p.is_empty() {
+        bail!("the passphrase is empty");
+    }
+    Ok(KeySource::Passphrase(p))
+}

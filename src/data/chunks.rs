@@ -1,0 +1,181 @@
+//! Chunk objects: seal and upload whole chunks, fetch and open just the blocks a read needs.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::runtime::Handle;
+use tokio::task::JoinSet;
+
+use super::cache::BlockCache;
+use super::{DataError, Result};
+use crate::backend::{BackendError, ObjectStore, PutMode};
+use crate::crypto::{chunk_block_range, ChunkId, CryptoError, VolumeKeys};
+use crate::meta::ChunkRef;
+
+pub struct ChunkStore {
+    store: Arc<dyn ObjectStore>,
+    keys: Arc<VolumeKeys>,
+    rt: Handle,
+    cache: BlockCache,
+}
+
+impl ChunkStore {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        keys: Arc<VolumeKeys>,
+        rt: Handle,
+        cache_bytes: usize,
+    ) -> Self {
+        ChunkStore {
+            store,
+            keys,
+            rt,
+            cache: BlockCache::new(cache_bytes),
+        }
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.keys.params().chunk_size as u64
+    }
+
+    fn block_size(&self) -> u64 {
+        self.keys.params().block_size as u64
+    }
+
+    /// Read `len` bytes at `off` inside a chunk; bytes past its plaintext length are not
+    /// returned (the caller fills holes with zeros).
+    pub fn read(&self, c: &ChunkRef, off: u64, len: u64) -> Result<Vec<u8>> {
+        let end = (off + len).min(c.plain_len);
+        if off >= end {
+            return Ok(Vec::new());
+        }
+        let bs = self.block_size();
+        let first = (off / bs) as u32;
+        let last = ((end - 1) / bs) as u32;
+        let mut blocks: Vec<Option<Arc<Vec<u8>>>> =
+            (first..=last).map(|b| self.cache.get(&c.id, b)).collect();
+        if let Some(miss_lo) = blocks.iter().position(|b| b.is_none()) {
+            let miss_hi = blocks.iter().rposition(|b| b.is_none()).unwrap_or(miss_lo);
+            let b0 = first + miss_lo as u32;
+            let n = (miss_hi - miss_lo + 1) as u32;
+            let opened = self.fetch_blocks(c, b0, n)?;
+            for (i, data) in opened.into_iter().enumerate() {
+                let data = Arc::new(data);
+                self.cache.insert(c.id, b0 + i as u32, data.clone());
+                blocks[miss_lo + i] = Some(data);
+            }
+        }
+        let mut out = Vec::with_capacity((end - off) as usize);
+        for (i, b) in blocks.iter().enumerate() {
+            let b = b.as_ref().ok_or_else(|| DataError::Corrupt {
+                key: ChunkId(c.id).object_key(),
+                reason: "block missing after fetch".into(),
+            })?;
+            let bstart = (first as u64 + i as u64) * bs;
+            let lo = off.saturating_sub(bstart) as usize;
+            let hi = ((end - bstart) as usize).min(b.len());
+            if lo < hi {
+                out.extend_from_slice(&b[lo..hi]);
+            }
+        }
+        Ok(out)
+    }
+
+    fn fetch_blocks(&self, c: &ChunkRef, first: u32, n: u32) -> Result<Vec<Vec<u8>>> {
+        let id = ChunkId(c.id);
+        let key = id.object_key();
+        let range = chunk_block_range(self.keys.params(), c.plain_len, first, n);
+        let want = range.end - range.start;
+        let corrupt = |reason: String| DataError::Corrupt {
+            key: key.clone(),
+            reason,
+        };
+        let got = match self.rt.block_on(self.store.get(&key, Some(range))) {
+            Ok(b) => b,
+            Err(BackendError::NotFound(_)) => return Err(corrupt("object is missing".into())),
+            Err(BackendError::InvalidRange { .. }) => {
+                return Err(corrupt("object is truncated".into()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if (got.len() as u64) < want {
+            return Err(corrupt(format!(
+                "object is truncated ({} of {} bytes)",
+                got.len(),
+                want
+            )));
+        }
+        let plain = self
+            .keys
+            .open_chunk_blocks(&id, c.plain_len, &c.digest, first, &got)
+            .map_err(|e| match e {
+                CryptoError::Tampered(r) => corrupt(format!("authentication failed ({r})")),
+                other => corrupt(other.to_string()),
+            })?;
+        let bs = self.block_size() as usize;
+        Ok(plain.chunks(bs).map(|b| b.to_vec()).collect())
+    }
+
+    /// Seal and upload several chunks in parallel; returns their references in input order.
+    pub fn write_many(&self, items: Vec<(u64, Vec<u8>)>) -> Result<Vec<ChunkRef>> {
+        let mut refs = Vec::with_capacity(items.len());
+        let mut uploads = Vec::with_capacity(items.len());
+        for (idx, data) in items {
+            let id = ChunkId::random();
+            let sealed = self.keys.seal_chunk(&id, &data)?;
+            refs.push(ChunkRef {
+                idx,
+                id: id.0,
+                plain_len: sealed.plain_len,
+                stored_len: sealed.bytes.len() as u64,
+                digest: sealed.digest,
+            });
+            uploads.push((id.object_key(), Bytes::from(sealed.bytes)));
+        }
+        let store = self.store.clone();
+        self.rt.block_on(async move {
+            let mut set = JoinSet::new();
+            for (key, body) in uploads {
+                let store = store.clone();
+                // A fresh random id is never overwritten, so a plain put is safe to retry.
+                set.spawn(async move { store.put(&key, body, PutMode::Overwrite).await });
+            }
+            while let Some(res) = set.join_next().await {
+                match res {
+                    Ok(r) => {
+                        r?;
+                    }
+                    Err(e) => return Err(DataError::Backend(BackendError::Other(e.to_string()))),
+                }
+            }
+            Ok(())
+        })?;
+        Ok(refs)
+    }
+
+    /// Delete chunk objects (already unreferenced by the committed metadata).
+    pub fn delete_many(&self, ids: &[[u8; 16]]) -> Result<()> {
+        for id in ids {
+            self.cache.forget_chunk(id);
+        }
+        let keys: Vec<String> = ids.iter().map(|id| ChunkId(*id).object_key()).collect();
+        let store = self.store.clone();
+        self.rt.block_on(async move {
+            let mut set = JoinSet::new();
+            for key in keys {
+                let store = store.clone();
+                set.spawn(async move { store.delete(&key).await });
+            }
+            let mut first_err = None;
+            while let Some(res) = set.join_next().await {
+                if let Ok(Err(e)) = res {
+                    first_err.get_or_insert(e);
+                }
+            }
+            match first_err {
+                Some(e) => Err(e.into()),
+                None => Ok(()),
+            }
+        })
+    }
+}

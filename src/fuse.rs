@@ -1,0 +1,524 @@
+//! The FUSE adapter: translates kernel requests into vfs calls and answers from a worker
+//! pool, so a slow store never blocks the FUSE loop. No filesystem logic lives here.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow,
+};
+use parking_lot::Mutex;
+
+use crate::meta::FileKind;
+use crate::vfs::{Attr, Ctx, SetAttr, SetTime, Vfs, VfsError};
+
+const TTL: Duration = Duration::from_secs(1);
+const WORKERS: usize = 16;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads taking jobs from one queue.
+struct Pool {
+    tx: Sender<Job>,
+}
+
+impl Pool {
+    fn new(n: usize) -> Self {
+        let (tx, rx) = channel::<Job>();
+        let rx: Arc<Mutex<Receiver<Job>>> = Arc::new(Mutex::new(rx));
+        for i in 0..n {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("fuse-worker-{i}"))
+                .spawn(move || loop {
+                    let job = rx.lock().recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => break,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!("could not start worker thread: {e}");
+            }
+        }
+        Pool { tx }
+    }
+
+    fn run(&self, job: impl FnOnce() + Send + 'static) {
+        if let Err(e) = self.tx.send(Box::new(job)) {
+            // Only when every worker died: run inline rather than drop the request.
+            (e.0)();
+        }
+    }
+}
+
+pub struct FuseFs {
+    vfs: Arc<Vfs>,
+    pool: Pool,
+}
+
+impl FuseFs {
+    pub fn new(vfs: Arc<Vfs>) -> Self {
+        FuseFs {
+            vfs,
+            pool: Pool::new(WORKERS),
+        }
+    }
+}
+
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(st) => SetTime::At(match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i64,
+            Err(e) => -(e.duration().as_nanos() as i64),
+        }),
+    }
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn fattr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: a.ino,
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.atime),
+        mtime: time(a.mtime),
+        ctime: time(a.ctime),
+        crtime: time(a.ctime),
+        kind: kind(a.kind),
+        perm: a.perm as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 65536,
+        flags: 0,
+    }
+}
+
+fn ctx(req: &Request<'_>, umask: u32) -> Ctx {
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+        umask,
+    }
+}
+
+fn errno(op: &str, e: &VfsError) -> i32 {
+    if e.is_serious() {
+        tracing::error!("{op}: {e}");
+    }
+    e.errno()
+}
+
+macro_rules! fail {
+    ($reply:expr, $op:expr, $e:expr) => {
+        $reply.error(errno($op, &$e))
+    };
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let vfs = self.vfs.clone();
+        let name = name.as_bytes().to_vec();
+        self.pool.run(move || match vfs.lookup(parent, &name) {
+            Ok(a) => reply.entry(&TTL, &fattr(&a), 0),
+            Err(e) => fail!(reply, "lookup", e),
+        });
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        let vfs = self.vfs.clone();
+        self.pool.run(move || match vfs.getattr(ino) {
+            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+            Err(e) => fail!(reply, "getattr", e),
+        });
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let vfs = self.vfs.clone();
+        let s = SetAttr {
+            perm: mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        self.pool.run(move || match vfs.setattr(ino, s) {
+            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+            Err(e) => fail!(reply, "setattr", e),
+        });
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        let vfs = self.vfs.clone();
+        self.pool.run(move || match vfs.readlink(ino) {
+            Ok(t) => reply.data(&t),
+            Err(e) => fail!(reply, "readlink", e),
+        });
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let vfs = self.vfs.clone();
+        let c = ctx(req, umask);
+        let name = name.as_bytes().to_vec();
+        self.pool
+            .run(move || match vfs.mknod(&c, parent, &name, mode) {
+                Ok(a) => reply.entry(&TTL, &fattr(&a), 0),
+                Err(e) => fail!(reply, "mknod", e),
+            });
+    }
+
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let vfs = self.vfs.clone();
+        let c = ctx(req, umask);
+        let name = name.as_bytes().to_vec();
+        self.pool
+            .run(move || match vfs.mkdir(&c, parent, &name, mode) {
+                Ok(a) => reply.entry(&TTL, &fattr(&a), 0),
+                Err(e) => fail!(reply, "mkdir", e),
+            });
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let vfs = self.vfs.clone();
+        let name = name.as_bytes().to_vec();
+        self.pool.run(move || match vfs.unlink(parent, &name) {
+            Ok(()) => reply.ok(),
+            Err(e) => fail!(reply, "unlink", e),
+        });
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let vfs = self.vfs.clone();
+        let name = name.as_bytes().to_vec();
+        self.pool.run(move || match vfs.rmdir(parent, &name) {
+            Ok(()) => reply.ok(),
+            Err(e) => fail!(reply, "rmdir", e),
+        });
+    }
+
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let vfs = self.vfs.clone();
+        let c = ctx(req, 0);
+        let name = link_name.as_bytes().to_vec();
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.pool
+            .run(move || match vfs.symlink(&c, parent, &name, &target) {
+                Ok(a) => reply.entry(&TTL, &fattr(&a), 0),
+                Err(e) => fail!(reply, "symlink", e),
+            });
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        let vfs = self.vfs.clone();
+        let name = name.as_bytes().to_vec();
+        let newname = newname.as_bytes().to_vec();
+        self.pool.run(
+            move || match vfs.rename(parent, &name, newparent, &newname, flags) {
+                Ok(()) => reply.ok(),
+                Err(e) => fail!(reply, "rename", e),
+            },
+        );
+    }
+
+    fn link(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let vfs = self.vfs.clone();
+        let newname = newname.as_bytes().to_vec();
+        self.pool
+            .run(move || match vfs.link(ino, newparent, &newname) {
+                Ok(a) => reply.entry(&TTL, &fattr(&a), 0),
+                Err(e) => fail!(reply, "link", e),
+            });
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        let vfs = self.vfs.clone();
+        self.pool.run(move || match vfs.open(ino) {
+            Ok(fh) => reply.opened(fh, 0),
+            Err(e) => fail!(reply, "open", e),
+        });
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let vfs = self.vfs.clone();
+        self.pool
+            .run(move || match vfs.read(fh, offset.max(0) as u64, size) {
+                Ok(d) => reply.data(&d),
+                Err(e) => fail!(reply, "read", e),
+            });
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let vfs = self.vfs.clone();
+        let data = data.to_vec();
+        self.pool
+            .run(move || match vfs.write(fh, offset.max(0) as u64, &data) {
+                Ok(n) => reply.written(n),
+                Err(e) => fail!(reply, "write", e),
+            });
+    }
+
+    fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lo: u64, reply: ReplyEmpty) {
+        let vfs = self.vfs.clone();
+        self.pool.run(move || match vfs.flush(fh) {
+            Ok(()) => reply.ok(),
+            Err(e) => fail!(reply, "flush", e),
+        });
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let vfs = self.vfs.clone();
+        self.pool.run(move || match vfs.release(fh) {
+            Ok(()) => reply.ok(),
+            Err(e) => fail!(reply, "release", e),
+        });
+    }
+
+    fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _ds: bool, reply: ReplyEmpty) {
+        let vfs = self.vfs.clone();
+        self.pool.run(move || match vfs.fsync(fh) {
+            Ok(()) => reply.ok(),
+            Err(e) => fail!(reply, "fsync", e),
+        });
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        let vfs = self.vfs.clone();
+        self.pool.run(move || match vfs.readdir(ino, offset, 512) {
+            Ok(entries) => {
+                for e in entries {
+                    if reply.add(e.ino, e.next, kind(e.kind), OsStr::from_bytes(&e.name)) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => fail!(reply, "readdir", e),
+        });
+    }
+
+    fn fsyncdir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _ds: bool, reply: ReplyEmpty) {
+        let vfs = self.vfs.clone();
+        self.pool.run(move || match vfs.commit() {
+            Ok(()) => reply.ok(),
+            Err(e) => fail!(reply, "fsyncdir", e),
+        });
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        let vfs = self.vfs.clone();
+        self.pool.run(move || match vfs.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+            ),
+            Err(e) => fail!(reply, "statfs", e),
+        });
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let vfs = self.vfs.clone();
+        let name = name.as_bytes().to_vec();
+        let value = value.to_vec();
+        self.pool
+            .run(move || match vfs.setxattr(ino, &name, &value, flags) {
+                Ok(()) => reply.ok(),
+                Err(e) => fail!(reply, "setxattr", e),
+            });
+    }
+
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        let vfs = self.vfs.clone();
+        let name = name.as_bytes().to_vec();
+        self.pool.run(move || match vfs.getxattr(ino, &name) {
+            Ok(v) => xattr_reply(reply, &v, size),
+            Err(e) => fail!(reply, "getxattr", e),
+        });
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        let vfs = self.vfs.clone();
+        self.pool.run(move || match vfs.listxattr(ino) {
+            Ok(v) => xattr_reply(reply, &v, size),
+            Err(e) => fail!(reply, "listxattr", e),
+        });
+    }
+
+    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        let vfs = self.vfs.clone();
+        let name = name.as_bytes().to_vec();
+        self.pool.run(move || match vfs.removexattr(ino, &name) {
+            Ok(()) => reply.ok(),
+            Err(e) => fail!(reply, "removexattr", e),
+        });
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let vfs = self.vfs.clone();
+        let c = ctx(req, umask);
+        let name = name.as_bytes().to_vec();
+        self.pool
+            .run(move || match vfs.create(&c, parent, &name, mode) {
+                Ok((a, fh)) => reply.created(&TTL, &fattr(&a), 0, fh, 0),
+                Err(e) => fail!(reply, "create", e),
+            });
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, v: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if v.len() > size as usize {
+        reply.error(libc::ERANGE);
+    } else {
+        reply.data(v);
+    }
+}

@@ -1,0 +1,907 @@
+//! The SQLite metadata engine: the local, authoritative copy of the tree between commits.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::snapshot::{SnapDentry, SnapInode, SnapXattr, Snapshot};
+use super::{ChunkRef, DirEntry, FileKind, Ino, Inode, MetaError, Result, ROOT_INO};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS inodes(
+  ino INTEGER PRIMARY KEY, kind INTEGER NOT NULL, perm INTEGER NOT NULL,
+  uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
+  atime INTEGER NOT NULL, mtime INTEGER NOT NULL, ctime INTEGER NOT NULL,
+  nlink INTEGER NOT NULL, target BLOB, inline BLOB);
+CREATE TABLE IF NOT EXISTS dentries(
+  cookie INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER NOT NULL, name BLOB NOT NULL,
+  ino INTEGER NOT NULL, UNIQUE(parent, name));
+CREATE INDEX IF NOT EXISTS dentries_ino ON dentries(ino);
+CREATE TABLE IF NOT EXISTS chunks(
+  ino INTEGER NOT NULL, idx INTEGER NOT NULL, id BLOB NOT NULL, plain_len INTEGER NOT NULL,
+  stored_len INTEGER NOT NULL, digest BLOB NOT NULL, PRIMARY KEY(ino, idx));
+CREATE TABLE IF NOT EXISTS xattrs(
+  ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY(ino, name));
+CREATE TABLE IF NOT EXISTS dead_chunks(id BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+";
+
+/// SQLite-backed metadata. All access goes through one connection behind a mutex;
+/// each public method is one transaction.
+pub struct SqliteMeta {
+    conn: Mutex<Connection>,
+    /// Bumped on every change, so the committer knows whether a snapshot is due.
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for SqliteMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteMeta")
+    }
+}
+
+fn row_inode(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Inode, i64)> {
+    Ok((
+        Inode {
+            ino: r.get::<_, i64>(0)? as u64,
+            kind: FileKind::File,
+            perm: r.get::<_, i64>(2)? as u32,
+            uid: r.get::<_, i64>(3)? as u32,
+            gid: r.get::<_, i64>(4)? as u32,
+            size: r.get::<_, i64>(5)? as u64,
+            atime: r.get(6)?,
+            mtime: r.get(7)?,
+            ctime: r.get(8)?,
+            nlink: r.get::<_, i64>(9)? as u32,
+        },
+        r.get(1)?,
+    ))
+}
+
+const INODE_COLS: &str = "ino, kind, perm, uid, gid, size, atime, mtime, ctime, nlink";
+
+fn get_inode_tx(tx: &Connection, ino: Ino) -> Result<Inode> {
+    let row = tx
+        .query_row(
+            &format!("SELECT {INODE_COLS} FROM inodes WHERE ino = ?1"),
+            [ino as i64],
+            row_inode,
+        )
+        .optional()?;
+    let (mut inode, kind) = row.ok_or(MetaError::NotFound)?;
+    inode.kind = FileKind::from_i64(kind)?;
+    Ok(inode)
+}
+
+fn put_inode_tx(tx: &Connection, i: &Inode) -> Result<()> {
+    tx.execute(
+        "UPDATE inodes SET perm=?2, uid=?3, gid=?4, size=?5, atime=?6, mtime=?7, ctime=?8, nlink=?9 WHERE ino=?1",
+        params![
+            i.ino as i64,
+            i.perm as i64,
+            i.uid as i64,
+            i.gid as i64,
+            i.size as i64,
+            i.atime,
+            i.mtime,
+            i.ctime,
+            i.nlink as i64
+        ],
+    )?;
+    Ok(())
+}
+
+fn lookup_tx(tx: &Connection, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
+    Ok(tx
+        .query_row(
+            "SELECT ino FROM dentries WHERE parent=?1 AND name=?2",
+            params![parent as i64, name],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .map(|v| v as u64))
+}
+
+fn touch_dir_tx(tx: &Connection, dir: Ino, now: i64, nlink_delta: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE inodes SET mtime=?2, ctime=?2, nlink=nlink+?3 WHERE ino=?1",
+        params![dir as i64, now, nlink_delta],
+    )?;
+    Ok(())
+}
+
+fn mark_chunks_dead_tx(tx: &Connection, ino: Ino, from_idx: u64) -> Result<()> {
+    tx.execute(
+        "INSERT OR IGNORE INTO dead_chunks(id) SELECT id FROM chunks WHERE ino=?1 AND idx>=?2",
+        params![ino as i64, from_idx as i64],
+    )?;
+    tx.execute(
+        "DELETE FROM chunks WHERE ino=?1 AND idx>=?2",
+        params![ino as i64, from_idx as i64],
+    )?;
+    Ok(())
+}
+
+fn is_empty_dir_tx(tx: &Connection, ino: Ino) -> Result<bool> {
+    let n: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM dentries WHERE parent=?1 LIMIT 1)",
+        [ino as i64],
+        |r| r.get(0),
+    )?;
+    Ok(n == 0)
+}
+
+/// Parent of a directory (directories have exactly one entry).
+fn parent_of_dir_tx(tx: &Connection, ino: Ino) -> Result<Option<Ino>> {
+    Ok(tx
+        .query_row(
+            "SELECT parent FROM dentries WHERE ino=?1",
+            [ino as i64],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .map(|v| v as u64))
+}
+
+impl SqliteMeta {
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::setup(conn)
+    }
+
+    pub fn open_in_memory() -> Result<Self> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(conn: Connection) -> Result<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteMeta {
+            conn: Mutex::new(conn),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        self.changed();
+        Ok(out)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.conn.lock();
+        f(&conn)
+    }
+
+    pub fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT value FROM state WHERE key=?1", [key], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+    }
+
+    /// State changes (commit bookkeeping) do not count as metadata changes.
+    pub fn set_state(&self, key: &str, value: &[u8]) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT OR REPLACE INTO state(key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    pub fn has_root(&self) -> Result<bool> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT 1 FROM inodes WHERE ino=?1",
+                [ROOT_INO as i64],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+        })
+    }
+
+    /// Create the root directory of a new volume.
+    pub fn init_root(&self, perm: u32, uid: u32, gid: u32, now: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO inodes(ino, kind, perm, uid, gid, size, atime, mtime, ctime, nlink)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6, ?6, 2)",
+                params![
+                    ROOT_INO as i64,
+                    FileKind::Dir.to_i64(),
+                    perm as i64,
+                    uid as i64,
+                    gid as i64,
+                    now
+                ],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO state(key, value) VALUES ('next_ino', ?1)",
+                params![(ROOT_INO + 1).to_le_bytes().to_vec()],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn get_inode(&self, ino: Ino) -> Result<Inode> {
+        self.read(|c| get_inode_tx(c, ino))
+    }
+
+    pub fn put_inode(&self, inode: &Inode) -> Result<()> {
+        self.write(|tx| put_inode_tx(tx, inode))
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Inode> {
+        self.read(|c| {
+            let ino = lookup_tx(c, parent, name)?.ok_or(MetaError::NotFound)?;
+            get_inode_tx(c, ino)
+        })
+    }
+
+    pub fn symlink_target(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.read(|c| {
+            let t: Option<Vec<u8>> = c
+                .query_row(
+                    "SELECT target FROM inodes WHERE ino=?1",
+                    [ino as i64],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or(MetaError::NotFound)?;
+            t.ok_or(MetaError::Invalid("not a symlink"))
+        })
+    }
+
+    /// Create a new inode and its entry in `parent`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        now: i64,
+        target: Option<&[u8]>,
+    ) -> Result<Inode> {
+        self.write(|tx| {
+            let p = get_inode_tx(tx, parent)?;
+            if p.kind != FileKind::Dir {
+                return Err(MetaError::NotDir);
+            }
+            if lookup_tx(tx, parent, name)?.is_some() {
+                return Err(MetaError::Exists);
+            }
+            let next: Vec<u8> = tx.query_row(
+                "SELECT value FROM state WHERE key='next_ino'",
+                [],
+                |r| r.get(0),
+            )?;
+            let ino = u64::from_le_bytes(
+                next.try_into()
+                    .map_err(|_| MetaError::Corrupt("next_ino".into()))?,
+            );
+            tx.execute(
+                "UPDATE state SET value=?1 WHERE key='next_ino'",
+                params![(ino + 1).to_le_bytes().to_vec()],
+            )?;
+            let (nlink, size) = match kind {
+                FileKind::Dir => (2, 0),
+                FileKind::Symlink => (1, target.map_or(0, |t| t.len() as u64)),
+                FileKind::File => (1, 0),
+            };
+            tx.execute(
+                "INSERT INTO inodes(ino, kind, perm, uid, gid, size, atime, mtime, ctime, nlink, target)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9)",
+                params![
+                    ino as i64,
+                    kind.to_i64(),
+                    perm as i64,
+                    uid as i64,
+                    gid as i64,
+                    size as i64,
+                    now,
+                    nlink,
+                    target
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO dentries(parent, name, ino) VALUES (?1, ?2, ?3)",
+                params![parent as i64, name, ino as i64],
+            )?;
+            touch_dir_tx(tx, parent, now, if kind == FileKind::Dir { 1 } else { 0 })?;
+            get_inode_tx(tx, ino)
+        })
+    }
+
+    /// Add a hard link to a non-directory.
+    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8], now: i64) -> Result<Inode> {
+        self.write(|tx| {
+            let mut i = get_inode_tx(tx, ino)?;
+            if i.kind == FileKind::Dir {
+                return Err(MetaError::Invalid("hard link to a directory"));
+            }
+            if get_inode_tx(tx, parent)?.kind != FileKind::Dir {
+                return Err(MetaError::NotDir);
+            }
+            if lookup_tx(tx, parent, name)?.is_some() {
+                return Err(MetaError::Exists);
+            }
+            tx.execute(
+                "INSERT INTO dentries(parent, name, ino) VALUES (?1, ?2, ?3)",
+                params![parent as i64, name, ino as i64],
+            )?;
+            i.nlink += 1;
+            i.ctime = now;
+            put_inode_tx(tx, &i)?;
+            touch_dir_tx(tx, parent, now, 0)?;
+            Ok(i)
+        })
+    }
+
+    /// Remove a non-directory entry. Returns the inode with its new link count; the caller
+    /// deletes it (with `delete_inode`) once it has no links and no open handles.
+    pub fn unlink(&self, parent: Ino, name: &[u8], now: i64) -> Result<Inode> {
+        self.write(|tx| {
+            let ino = lookup_tx(tx, parent, name)?.ok_or(MetaError::NotFound)?;
+            let mut i = get_inode_tx(tx, ino)?;
+            if i.kind == FileKind::Dir {
+                return Err(MetaError::IsDir);
+            }
+            tx.execute(
+                "DELETE FROM dentries WHERE parent=?1 AND name=?2",
+                params![parent as i64, name],
+            )?;
+            i.nlink = i.nlink.saturating_sub(1);
+            i.ctime = now;
+            put_inode_tx(tx, &i)?;
+            touch_dir_tx(tx, parent, now, 0)?;
+            Ok(i)
+        })
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8], now: i64) -> Result<()> {
+        self.write(|tx| {
+            let ino = lookup_tx(tx, parent, name)?.ok_or(MetaError::NotFound)?;
+            let i = get_inode_tx(tx, ino)?;
+            if i.kind != FileKind::Dir {
+                return Err(MetaError::NotDir);
+            }
+            if !is_empty_dir_tx(tx, ino)? {
+                return Err(MetaError::NotEmpty);
+            }
+            tx.execute(
+                "DELETE FROM dentries WHERE parent=?1 AND name=?2",
+                params![parent as i64, name],
+            )?;
+            delete_inode_tx(tx, ino)?;
+            touch_dir_tx(tx, parent, now, -1)?;
+            Ok(())
+        })
+    }
+
+    /// Rename with POSIX replace semantics. `noreplace` fails if the target exists;
+    /// `exchange` swaps the two entries. Returns a replaced non-directory inode (with its
+    /// new link count) so the caller can delete it when unused.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        noreplace: bool,
+        exchange: bool,
+        now: i64,
+    ) -> Result<Option<Inode>> {
+        self.write(|tx| {
+            let src = lookup_tx(tx, parent, name)?.ok_or(MetaError::NotFound)?;
+            let src_i = get_inode_tx(tx, src)?;
+            if get_inode_tx(tx, newparent)?.kind != FileKind::Dir {
+                return Err(MetaError::NotDir);
+            }
+            let dst = lookup_tx(tx, newparent, newname)?;
+            if src_i.kind == FileKind::Dir && parent != newparent {
+                // Refuse to move a directory into its own subtree.
+                let mut cur = Some(newparent);
+                while let Some(c) = cur {
+                    if c == src {
+                        return Err(MetaError::Invalid("directory moved into itself"));
+                    }
+                    if c == ROOT_INO {
+                        break;
+                    }
+                    cur = parent_of_dir_tx(tx, c)?;
+                }
+            }
+            if dst == Some(src) {
+                return Ok(None);
+            }
+            if exchange {
+                let dst = dst.ok_or(MetaError::NotFound)?;
+                let dst_i = get_inode_tx(tx, dst)?;
+                tx.execute(
+                    "UPDATE dentries SET ino=?3 WHERE parent=?1 AND name=?2",
+                    params![parent as i64, name, dst as i64],
+                )?;
+                tx.execute(
+                    "UPDATE dentries SET ino=?3 WHERE parent=?1 AND name=?2",
+                    params![newparent as i64, newname, src as i64],
+                )?;
+                let (a, b) = (src_i.kind == FileKind::Dir, dst_i.kind == FileKind::Dir);
+                if parent != newparent && a != b {
+                    let d = if a { 1 } else { -1 };
+                    touch_dir_tx(tx, newparent, now, d)?;
+                    touch_dir_tx(tx, parent, now, -d)?;
+                } else {
+                    touch_dir_tx(tx, newparent, now, 0)?;
+                    touch_dir_tx(tx, parent, now, 0)?;
+                }
+                return Ok(None);
+            }
+            let mut replaced = None;
+            if let Some(dst) = dst {
+                if noreplace {
+                    return Err(MetaError::Exists);
+                }
+                let mut dst_i = get_inode_tx(tx, dst)?;
+                match (src_i.kind == FileKind::Dir, dst_i.kind == FileKind::Dir) {
+                    (true, false) => return Err(MetaError::NotDir),
+                    (false, true) => return Err(MetaError::IsDir),
+                    (true, true) => {
+                        if !is_empty_dir_tx(tx, dst)? {
+                            return Err(MetaError::NotEmpty);
+                        }
+                        tx.execute(
+                            "DELETE FROM dentries WHERE parent=?1 AND name=?2",
+                            params![newparent as i64, newname],
+                        )?;
+                        delete_inode_tx(tx, dst)?;
+                        touch_dir_tx(tx, newparent, now, -1)?;
+                    }
+                    (false, false) => {
+                        tx.execute(
+                            "DELETE FROM dentries WHERE parent=?1 AND name=?2",
+                            params![newparent as i64, newname],
+                        )?;
+                        dst_i.nlink = dst_i.nlink.saturating_sub(1);
+                        dst_i.ctime = now;
+                        put_inode_tx(tx, &dst_i)?;
+                        replaced = Some(dst_i);
+                    }
+                }
+            }
+            tx.execute(
+                "UPDATE dentries SET parent=?3, name=?4 WHERE parent=?1 AND name=?2",
+                params![parent as i64, name, newparent as i64, newname],
+            )?;
+            let d = if src_i.kind == FileKind::Dir { 1 } else { 0 };
+            if parent != newparent {
+                touch_dir_tx(tx, parent, now, -d)?;
+                touch_dir_tx(tx, newparent, now, d)?;
+            } else {
+                touch_dir_tx(tx, parent, now, 0)?;
+            }
+            tx.execute(
+                "UPDATE inodes SET ctime=?2 WHERE ino=?1",
+                params![src as i64, now],
+            )?;
+            Ok(replaced)
+        })
+    }
+
+    /// Entries of `dir` with cookie greater than `after`, in cookie order.
+    pub fn readdir(&self, dir: Ino, after: u64, limit: usize) -> Result<Vec<DirEntry>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT d.cookie, d.name, d.ino, i.kind FROM dentries d JOIN inodes i ON i.ino=d.ino
+                 WHERE d.parent=?1 AND d.cookie>?2 ORDER BY d.cookie LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![dir as i64, after as i64, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (cookie, name, ino, kind) = row?;
+                out.push(DirEntry {
+                    cookie: cookie as u64,
+                    name,
+                    ino: ino as u64,
+                    kind: FileKind::from_i64(kind)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Parent directory of a directory inode (root is its own parent).
+    pub fn parent_of(&self, dir: Ino) -> Result<Ino> {
+        if dir == ROOT_INO {
+            return Ok(ROOT_INO);
+        }
+        self.read(|c| parent_of_dir_tx(c, dir)?.ok_or(MetaError::NotFound))
+    }
+
+    pub fn chunks(&self, ino: Ino) -> Result<Vec<ChunkRef>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT idx, id, plain_len, stored_len, digest FROM chunks WHERE ino=?1 ORDER BY idx",
+            )?;
+            let rows = st.query_map([ino as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (idx, id, plain_len, stored_len, digest) = row?;
+                out.push(ChunkRef {
+                    idx: idx as u64,
+                    id: id
+                        .try_into()
+                        .map_err(|_| MetaError::Corrupt("chunk id length".into()))?,
+                    plain_len: plain_len as u64,
+                    stored_len: stored_len as u64,
+                    digest: digest
+                        .try_into()
+                        .map_err(|_| MetaError::Corrupt("chunk digest length".into()))?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn inline_data(&self, ino: Ino) -> Result<Option<Vec<u8>>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT inline FROM inodes WHERE ino=?1",
+                [ino as i64],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+        })
+    }
+
+    /// Atomically record a file's new contents layout: chunk refs replaced from `chunks`,
+    /// chunks at or past `keep_below` dropped, inline data set, and attributes updated.
+    /// Replaced chunk ids go to the dead list, to be deleted after the next commit.
+    pub fn update_file(
+        &self,
+        inode: &Inode,
+        chunks: &[ChunkRef],
+        keep_below: u64,
+        inline: Option<&[u8]>,
+    ) -> Result<()> {
+        self.write(|tx| {
+            mark_chunks_dead_tx(tx, inode.ino, keep_below)?;
+            for c in chunks {
+                tx.execute(
+                    "INSERT OR IGNORE INTO dead_chunks(id) SELECT id FROM chunks WHERE ino=?1 AND idx=?2",
+                    params![inode.ino as i64, c.idx as i64],
+                )?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO chunks(ino, idx, id, plain_len, stored_len, digest)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        inode.ino as i64,
+                        c.idx as i64,
+                        c.id.to_vec(),
+                        c.plain_len as i64,
+                        c.stored_len as i64,
+                        c.digest.to_vec()
+                    ],
+                )?;
+            }
+            tx.execute(
+                "UPDATE inodes SET inline=?2 WHERE ino=?1",
+                params![inode.ino as i64, inline],
+            )?;
+            put_inode_tx(tx, inode)
+        })
+    }
+
+    /// Remove an inode with no links left, and everything it owns.
+    pub fn delete_inode(&self, ino: Ino) -> Result<()> {
+        self.write(|tx| delete_inode_tx(tx, ino))
+    }
+
+    /// Inodes with no links (left over when the daemon stopped with unlinked files open).
+    pub fn orphans(&self) -> Result<Vec<Ino>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT ino FROM inodes WHERE nlink=0")?;
+            let rows = st.query_map([], |r| r.get::<_, i64>(0))?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(r? as u64);
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn dead_chunks(&self) -> Result<Vec<[u8; 16]>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT id FROM dead_chunks")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            let mut out = Vec::new();
+            for r in rows {
+                if let Ok(id) = <[u8; 16]>::try_from(r?) {
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn forget_dead(&self, ids: &[[u8; 16]]) -> Result<()> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        for id in ids {
+            tx.execute("DELETE FROM dead_chunks WHERE id=?1", [id.to_vec()])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// (number of inodes, sum of file sizes) for statfs.
+    pub fn usage(&self) -> Result<(u64, u64)> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN kind=1 THEN size ELSE 0 END), 0) FROM inodes",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )?)
+        })
+    }
+
+    pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT value FROM xattrs WHERE ino=?1 AND name=?2",
+                params![ino as i64, name],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+    }
+
+    /// `create`: fail if present; `replace`: fail if absent.
+    pub fn set_xattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+        now: i64,
+    ) -> Result<()> {
+        self.write(|tx| {
+            let exists = tx
+                .query_row(
+                    "SELECT 1 FROM xattrs WHERE ino=?1 AND name=?2",
+                    params![ino as i64, name],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if create && exists {
+                return Err(MetaError::Exists);
+            }
+            if replace && !exists {
+                return Err(MetaError::NotFound);
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES (?1, ?2, ?3)",
+                params![ino as i64, name, value],
+            )?;
+            tx.execute(
+                "UPDATE inodes SET ctime=?2 WHERE ino=?1",
+                params![ino as i64, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn list_xattrs(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT name FROM xattrs WHERE ino=?1 ORDER BY name")?;
+            let rows = st.query_map([ino as i64], |r| r.get::<_, Vec<u8>>(0))?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(r?);
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn remove_xattr(&self, ino: Ino, name: &[u8], now: i64) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "DELETE FROM xattrs WHERE ino=?1 AND name=?2",
+                params![ino as i64, name],
+            )?;
+            if n == 0 {
+                return Err(MetaError::NotFound);
+            }
+            tx.execute(
+                "UPDATE inodes SET ctime=?2 WHERE ino=?1",
+                params![ino as i64, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A consistent logical copy of the whole tree, plus the dead chunk ids at that moment.
+    pub fn export(&self) -> Result<(Snapshot, Vec<[u8; 16]>)> {
+        let conn = self.conn.lock();
+        let tx = conn.unchecked_transaction()?;
+        let mut snap = Snapshot {
+            version: super::snapshot::SNAPSHOT_VERSION,
+            ..Snapshot::default()
+        };
+        {
+            let mut st = tx.prepare(&format!(
+                "SELECT {INODE_COLS}, target, inline FROM inodes ORDER BY ino"
+            ))?;
+            let rows = st.query_map([], |r| {
+                let (i, k) = row_inode(r)?;
+                Ok((
+                    i,
+                    k,
+                    r.get::<_, Option<Vec<u8>>>(10)?,
+                    r.get::<_, Option<Vec<u8>>>(11)?,
+                ))
+            })?;
+            for row in rows {
+                let (mut inode, kind, target, inline) = row?;
+                inode.kind = FileKind::from_i64(kind)?;
+                snap.inodes.push(SnapInode {
+                    inode,
+                    target,
+                    inline,
+                });
+            }
+            let mut st =
+                tx.prepare("SELECT cookie, parent, name, ino FROM dentries ORDER BY cookie")?;
+            let rows = st.query_map([], |r| {
+                Ok(SnapDentry {
+                    cookie: r.get::<_, i64>(0)? as u64,
+                    parent: r.get::<_, i64>(1)? as u64,
+                    name: r.get(2)?,
+                    ino: r.get::<_, i64>(3)? as u64,
+                })
+            })?;
+            for r in rows {
+                snap.dentries.push(r?);
+            }
+            let mut st = tx.prepare("SELECT ino, name, value FROM xattrs ORDER BY ino, name")?;
+            let rows = st.query_map([], |r| {
+                Ok(SnapXattr {
+                    ino: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    value: r.get(2)?,
+                })
+            })?;
+            for r in rows {
+                snap.xattrs.push(r?);
+            }
+        }
+        drop(tx);
+        drop(conn);
+        let mut inodes = std::mem::take(&mut snap.inodes);
+        for si in inodes.iter_mut() {
+            if si.inode.kind == FileKind::File {
+                snap.chunks.extend(
+                    self.chunks(si.inode.ino)?
+                        .into_iter()
+                        .map(|c| (si.inode.ino, c)),
+                );
+            }
+        }
+        snap.inodes = inodes;
+        let next: Vec<u8> = self
+            .get_state("next_ino")?
+            .ok_or_else(|| MetaError::Corrupt("next_ino missing".into()))?;
+        snap.next_ino = u64::from_le_bytes(
+            next.try_into()
+                .map_err(|_| MetaError::Corrupt("next_ino".into()))?,
+        );
+        let dead = self.dead_chunks()?;
+        Ok((snap, dead))
+    }
+
+    /// Replace the whole tree with a snapshot's contents.
+    pub fn import(&self, snap: &Snapshot) -> Result<()> {
+        self.write(|tx| {
+            tx.execute_batch(
+                "DELETE FROM inodes; DELETE FROM dentries; DELETE FROM chunks; DELETE FROM xattrs; DELETE FROM dead_chunks;",
+            )?;
+            for si in &snap.inodes {
+                let i = &si.inode;
+                tx.execute(
+                    "INSERT INTO inodes(ino, kind, perm, uid, gid, size, atime, mtime, ctime, nlink, target, inline)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    params![
+                        i.ino as i64,
+                        i.kind.to_i64(),
+                        i.perm as i64,
+                        i.uid as i64,
+                        i.gid as i64,
+                        i.size as i64,
+                        i.atime,
+                        i.mtime,
+                        i.ctime,
+                        i.nlink as i64,
+                        si.target,
+                        si.inline
+                    ],
+                )?;
+            }
+            for d in &snap.dentries {
+                tx.execute(
+                    "INSERT INTO dentries(cookie, parent, name, ino) VALUES (?1, ?2, ?3, ?4)",
+                    params![d.cookie as i64, d.parent as i64, d.name, d.ino as i64],
+                )?;
+            }
+            for (ino, c) in &snap.chunks {
+                tx.execute(
+                    "INSERT INTO chunks(ino, idx, id, plain_len, stored_len, digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        *ino as i64,
+                        c.idx as i64,
+                        c.id.to_vec(),
+                        c.plain_len as i64,
+                        c.stored_len as i64,
+                        c.digest.to_vec()
+                    ],
+                )?;
+            }
+            for x in &snap.xattrs {
+                tx.execute(
+                    "INSERT INTO xattrs(ino, name, value) VALUES (?1, ?2, ?3)",
+                    params![x.ino as i64, x.name, x.value],
+                )?;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO state(key, value) VALUES ('next_ino', ?1)",
+                params![snap.next_ino.to_le_bytes().to_vec()],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+fn delete_inode_tx(tx: &Connection, ino: Ino) -> Result<()> {
+    mark_chunks_dead_tx(tx, ino, 0)?;
+    tx.execute("DELETE FROM xattrs WHERE ino=?1", [ino as i64])?;
+    tx.execute("DELETE FROM inodes WHERE ino=?1", [ino as i64])?;
+    Ok(())
+}

@@ -1,0 +1,499 @@
+//! The filesystem itself, independent of FUSE: inodes, handles, POSIX rules, and when
+//! data and metadata move to the store. Every method is synchronous and thread-safe.
+
+mod error;
+mod files;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+pub use error::{Result, VfsError};
+use files::OpenFile;
+
+use crate::data::ChunkStore;
+use crate::meta::remote::RemoteMeta;
+use crate::meta::{FileKind, Ino, Inode, SqliteMeta};
+
+pub const NAME_MAX: usize = 255;
+pub const XATTR_NAME_MAX: usize = 255;
+pub const XATTR_SIZE_MAX: usize = 65536;
+
+/// Who is asking: used for ownership of new inodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub umask: u32,
+}
+
+/// Attributes as the kernel wants them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub atime: i64,
+    pub mtime: i64,
+    pub ctime: i64,
+}
+
+/// A requested time change.
+#[derive(Debug, Clone, Copy)]
+pub enum SetTime {
+    Now,
+    At(i64),
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    pub perm: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadDirEntry {
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub name: Vec<u8>,
+    /// Offset to resume after this entry.
+    pub next: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(VfsError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
+        return Err(VfsError::Invalid("file name"));
+    }
+    Ok(())
+}
+
+pub struct Vfs {
+    meta: Arc<SqliteMeta>,
+    data: Arc<ChunkStore>,
+    remote: Arc<RemoteMeta>,
+    /// Per-inode state of files that are open (or being truncated).
+    open: Mutex<HashMap<Ino, Arc<OpenFile>>>,
+    handles: Mutex<HashMap<u64, Ino>>,
+    next_fh: AtomicU64,
+    committed_gen: AtomicU64,
+    read_only: bool,
+}
+
+impl Vfs {
+    pub fn new(
+        meta: Arc<SqliteMeta>,
+        data: Arc<ChunkStore>,
+        remote: Arc<RemoteMeta>,
+        read_only: bool,
+    ) -> Result<Self> {
+        let vfs = Vfs {
+            meta,
+            data,
+            remote,
+            open: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            committed_gen: AtomicU64::new(u64::MAX),
+            read_only,
+        };
+        // Files unlinked while open when the daemon last stopped.
+        if !read_only {
+            for ino in vfs.meta.orphans()? {
+                vfs.meta.delete_inode(ino)?;
+            }
+        }
+        Ok(vfs)
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(VfsError::Io("read-only mount".into()));
+        }
+        Ok(())
+    }
+
+    fn attr_of(&self, inode: Inode) -> Attr {
+        let mut a = Attr {
+            ino: inode.ino,
+            kind: inode.kind,
+            perm: inode.perm,
+            nlink: inode.nlink,
+            uid: inode.uid,
+            gid: inode.gid,
+            size: inode.size,
+            atime: inode.atime,
+            mtime: inode.mtime,
+            ctime: inode.ctime,
+        };
+        if inode.kind == FileKind::File {
+            if let Some(of) = self.open.lock().get(&inode.ino).cloned() {
+                of.overlay(&mut a);
+            }
+        }
+        a
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        Ok(self.attr_of(self.meta.get_inode(ino)?))
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        if name.len() > NAME_MAX {
+            return Err(VfsError::NameTooLong);
+        }
+        if name == b"." {
+            return self.getattr(parent);
+        }
+        if name == b".." {
+            return self.getattr(self.meta.parent_of(parent)?);
+        }
+        Ok(self.attr_of(self.meta.lookup(parent, name)?))
+    }
+
+    fn new_owner(&self, ctx: &Ctx, parent: Ino, perm: u32, dir: bool) -> Result<(u32, u32, u32)> {
+        let p = self.meta.get_inode(parent)?;
+        let mut perm = perm & 0o7777 & !ctx.umask;
+        let gid = if p.perm & 0o2000 != 0 {
+            if dir {
+                perm |= 0o2000;
+            }
+            p.gid
+        } else {
+            ctx.gid
+        };
+        Ok((perm, ctx.uid, gid))
+    }
+
+    pub fn mkdir(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
+        self.writable()?;
+        check_name(name)?;
+        let (perm, uid, gid) = self.new_owner(ctx, parent, mode, true)?;
+        let i = self
+            .meta
+            .create(parent, name, FileKind::Dir, perm, uid, gid, now_ns(), None)?;
+        Ok(self.attr_of(i))
+    }
+
+    /// Create and open a regular file.
+    pub fn create(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32) -> Result<(Attr, u64)> {
+        self.writable()?;
+        check_name(name)?;
+        let (perm, uid, gid) = self.new_owner(ctx, parent, mode, false)?;
+        let i = self
+            .meta
+            .create(parent, name, FileKind::File, perm, uid, gid, now_ns(), None)?;
+        let fh = self.open(i.ino)?;
+        Ok((self.attr_of(i), fh))
+    }
+
+    /// mknod: only regular files (others are not supported on this filesystem).
+    pub fn mknod(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            return Err(VfsError::NotSupported);
+        }
+        let (a, fh) = self.create(ctx, parent, name, mode)?;
+        self.release(fh)?;
+        Ok(a)
+    }
+
+    pub fn symlink(&self, ctx: &Ctx, parent: Ino, name: &[u8], target: &[u8]) -> Result<Attr> {
+        self.writable()?;
+        check_name(name)?;
+        if target.is_empty() || target.len() > 4096 {
+            return Err(VfsError::Invalid("symlink target"));
+        }
+        let (_, uid, gid) = self.new_owner(ctx, parent, 0o777, false)?;
+        let i = self.meta.create(
+            parent,
+            name,
+            FileKind::Symlink,
+            0o777,
+            uid,
+            gid,
+            now_ns(),
+            Some(target),
+        )?;
+        Ok(self.attr_of(i))
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        Ok(self.meta.symlink_target(ino)?)
+    }
+
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Attr> {
+        self.writable()?;
+        check_name(newname)?;
+        let i = self.meta.link(ino, newparent, newname, now_ns())?;
+        Ok(self.attr_of(i))
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.writable()?;
+        let i = self.meta.unlink(parent, name, now_ns())?;
+        self.maybe_delete(i)
+    }
+
+    /// Delete an inode that lost its last name, unless it is still open.
+    fn maybe_delete(&self, i: Inode) -> Result<()> {
+        if i.nlink == 0 && !self.open.lock().contains_key(&i.ino) {
+            self.meta.delete_inode(i.ino)?;
+        }
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.writable()?;
+        if name == b"." {
+            return Err(VfsError::Invalid("rmdir ."));
+        }
+        if name == b".." {
+            return Err(VfsError::NotEmpty);
+        }
+        Ok(self.meta.rmdir(parent, name, now_ns())?)
+    }
+
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        self.writable()?;
+        check_name(newname)?;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange)
+        {
+            return Err(VfsError::Invalid("rename flags"));
+        }
+        let replaced = self.meta.rename(
+            parent,
+            name,
+            newparent,
+            newname,
+            noreplace,
+            exchange,
+            now_ns(),
+        )?;
+        if let Some(i) = replaced {
+            self.maybe_delete(i)?;
+        }
+        Ok(())
+    }
+
+    pub fn setattr(&self, ino: Ino, s: SetAttr) -> Result<Attr> {
+        self.writable()?;
+        let now = now_ns();
+        if let Some(size) = s.size {
+            self.truncate(ino, size)?;
+        }
+        let mut i = self.meta.get_inode(ino)?;
+        let mut changed = false;
+        if let Some(p) = s.perm {
+            i.perm = p & 0o7777;
+            changed = true;
+        }
+        if let Some(u) = s.uid {
+            i.uid = u;
+            changed = true;
+        }
+        if let Some(g) = s.gid {
+            i.gid = g;
+            changed = true;
+        }
+        let resolve = |t: SetTime| match t {
+            SetTime::Now => now,
+            SetTime::At(v) => v,
+        };
+        if let Some(t) = s.atime {
+            i.atime = resolve(t);
+            changed = true;
+        }
+        if let Some(t) = s.mtime {
+            i.mtime = resolve(t);
+            changed = true;
+            if let Some(of) = self.open.lock().get(&ino).cloned() {
+                of.set_mtime(i.mtime);
+            }
+        }
+        if changed {
+            i.ctime = now;
+            // Size is owned by the open-file state while the file is open.
+            if let Some(of) = self.open.lock().get(&ino).cloned() {
+                i.size = of.size();
+            }
+            self.meta.put_inode(&i)?;
+        }
+        self.getattr(ino)
+    }
+
+    pub fn readdir(&self, dir: Ino, offset: i64, max: usize) -> Result<Vec<ReadDirEntry>> {
+        let d = self.meta.get_inode(dir)?;
+        if d.kind != FileKind::Dir {
+            return Err(VfsError::NotDir);
+        }
+        let mut out = Vec::new();
+        if offset < 1 {
+            out.push(ReadDirEntry {
+                ino: dir,
+                kind: FileKind::Dir,
+                name: b".".to_vec(),
+                next: 1,
+            });
+        }
+        if offset < 2 {
+            out.push(ReadDirEntry {
+                ino: self.meta.parent_of(dir)?,
+                kind: FileKind::Dir,
+                name: b"..".to_vec(),
+                next: 2,
+            });
+        }
+        let after = (offset.max(2) - 2) as u64;
+        for e in self.meta.readdir(dir, after, max)? {
+            out.push(ReadDirEntry {
+                ino: e.ino,
+                kind: e.kind,
+                name: e.name,
+                next: e.cookie as i64 + 2,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        let (files, bytes) = self.meta.usage()?;
+        let bsize = 4096u64;
+        // An object store has no fixed capacity: report a large, constant total.
+        let total = 1u64 << 40;
+        let used = bytes.div_ceil(bsize).min(total);
+        Ok(StatFs {
+            blocks: total,
+            bfree: total - used,
+            files: files + (1 << 30),
+            ffree: 1 << 30,
+            bsize: bsize as u32,
+            namelen: NAME_MAX as u32,
+        })
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        self.meta.get_inode(ino)?;
+        self.meta.get_xattr(ino, name)?.ok_or(VfsError::NoAttr)
+    }
+
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        self.writable()?;
+        if name.is_empty() || name.len() > XATTR_NAME_MAX {
+            return Err(VfsError::Range);
+        }
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(VfsError::TooBig);
+        }
+        if !name.starts_with(b"user.") {
+            return Err(VfsError::NotSupported);
+        }
+        let create = flags & libc::XATTR_CREATE != 0;
+        let replace = flags & libc::XATTR_REPLACE != 0;
+        self.meta.get_inode(ino)?;
+        self.meta
+            .set_xattr(ino, name, value, create, replace, now_ns())
+            .map_err(|e| match e {
+                crate::meta::MetaError::NotFound => VfsError::NoAttr,
+                other => other.into(),
+            })
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.meta.get_inode(ino)?;
+        let mut out = Vec::new();
+        for n in self.meta.list_xattrs(ino)? {
+            out.extend_from_slice(&n);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.writable()?;
+        self.meta
+            .remove_xattr(ino, name, now_ns())
+            .map_err(|e| match e {
+                crate::meta::MetaError::NotFound => VfsError::NoAttr,
+                other => other.into(),
+            })
+    }
+
+    /// Write the metadata to the store if it changed since the last commit, then delete
+    /// chunks that no committed metadata references any more.
+    pub fn commit(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let gen = self.meta.generation();
+        if self.committed_gen.load(Ordering::SeqCst) == gen {
+            return Ok(());
+        }
+        let dead = self.remote.commit(&self.meta)?;
+        self.committed_gen.store(gen, Ordering::SeqCst);
+        if !dead.is_empty() {
+            match self.data.delete_many(&dead) {
+                Ok(()) => self.meta.forget_dead(&dead)?,
+                Err(e) => tracing::warn!("could not delete {} unused chunks: {e}", dead.len()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush every open file and commit: used by syncfs, the periodic timer and unmount.
+    pub fn sync_all(&self) -> Result<()> {
+        let files: Vec<(Ino, Arc<OpenFile>)> = self
+            .open
+            .lock()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (ino, of) in files {
+            self.flush_file(ino, &of)?;
+        }
+        self.commit()
+    }
+
+    /// Called once when the filesystem is unmounted: everything reaches the store.
+    pub fn shutdown(&self) -> Result<()> {
+        self.sync_all()
+    }
+}

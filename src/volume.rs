@@ -1,0 +1,236 @@
+//! Opening and creating a volume: store + header + keys + local state + metadata + data,
+//! assembled into a ready `Vfs`.
+
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::backend::{BackendError, ObjectStore, PutMode};
+use crate::crypto::{self, Argon2Params, CryptoError, KeySource, VolumeKeys, VolumeParams};
+use crate::data::ChunkStore;
+use crate::meta::remote::{LocalState, RemoteMeta};
+use crate::meta::{MetaError, SqliteMeta};
+use crate::vfs::{now_ns, Vfs, VfsError};
+
+pub const HEADER_KEY: &str = "cryptbucket.json";
+pub const HEADER_BACKUP_KEY: &str = "cryptbucket.json.bak";
+/// Memory cache of opened blocks.
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("{0} already holds a cryptbucket volume; refusing to touch it (mount it, or pick an empty location)")]
+    AlreadyExists(String),
+    #[error("no cryptbucket volume at {0} (create one with `cryptbucket init`)")]
+    NoVolume(String),
+    #[error("wrong passphrase or keyfile for {store}: no key slot of this volume accepts it (this volume has: {slots})")]
+    WrongKey { store: String, slots: String },
+    #[error("the volume header at {0} is damaged or was tampered with: {1}")]
+    BadHeader(String, String),
+    #[error("store {0}: {1}")]
+    Store(String, BackendError),
+    #[error("metadata: {0}")]
+    Meta(#[from] MetaError),
+    #[error("{0}")]
+    Crypto(#[from] CryptoError),
+    #[error("{0}")]
+    Vfs(#[from] VfsError),
+    #[error("local state in {0}: {1}")]
+    Local(PathBuf, std::io::Error),
+    #[error("the cache directory {0} is in use by another cryptbucket mount")]
+    CacheBusy(PathBuf),
+}
+
+pub type Result<T> = std::result::Result<T, VolumeError>;
+
+/// A volume ready to serve: the tokio runtime must outlive the vfs.
+pub struct Volume {
+    pub vfs: Arc<Vfs>,
+    pub cache_dir: PathBuf,
+    pub volume_id: String,
+    pub rt: tokio::runtime::Runtime,
+    _lock: fs::File,
+}
+
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .thread_name("cb-io")
+        .build()
+}
+
+/// Create a new volume in an empty location of `store`.
+pub fn create(
+    rt: &tokio::runtime::Runtime,
+    store: Arc<dyn ObjectStore>,
+    params: VolumeParams,
+    source: &KeySource,
+    kdf: Argon2Params,
+) -> Result<String> {
+    let desc = store.describe();
+    let st = |e| VolumeError::Store(desc.clone(), e);
+    for key in [HEADER_KEY, HEADER_BACKUP_KEY] {
+        match rt.block_on(store.head(key)) {
+            Ok(_) => return Err(VolumeError::AlreadyExists(desc.clone())),
+            Err(BackendError::NotFound(_)) => {}
+            Err(e) => return Err(st(e)),
+        }
+    }
+    let (header, keys) = crypto::create_header(params, source, kdf)?;
+    match rt.block_on(store.put(HEADER_KEY, Bytes::from(header.clone()), PutMode::Create)) {
+        Ok(_) => {}
+        Err(BackendError::PreconditionFailed(_)) => return Err(VolumeError::AlreadyExists(desc)),
+        Err(e) => return Err(st(e)),
+    }
+    rt.block_on(store.put(HEADER_BACKUP_KEY, Bytes::from(header), PutMode::Overwrite))
+        .map_err(st)?;
+    let keys = Arc::new(keys);
+    let meta = SqliteMeta::open_in_memory()?;
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    meta.init_root(0o755, uid, gid, now_ns())?;
+    let remote = RemoteMeta::new(store.clone(), keys.clone(), rt.handle().clone());
+    remote.commit(&meta)?;
+    Ok(hex::encode(keys.volume_id()))
+}
+
+/// Read the header (or its backup), returning its bytes.
+fn read_header(rt: &tokio::runtime::Runtime, store: &Arc<dyn ObjectStore>) -> Result<Vec<u8>> {
+    let desc = store.describe();
+    match rt.block_on(store.get(HEADER_KEY, None)) {
+        Ok(b) => Ok(b.to_vec()),
+        Err(BackendError::NotFound(_)) => match rt.block_on(store.get(HEADER_BACKUP_KEY, None)) {
+            Ok(b) => {
+                tracing::warn!(
+                    "{HEADER_KEY} is missing from {desc}; using its backup {HEADER_BACKUP_KEY}"
+                );
+                Ok(b.to_vec())
+            }
+            Err(BackendError::NotFound(_)) => Err(VolumeError::NoVolume(desc)),
+            Err(e) => Err(VolumeError::Store(desc, e)),
+        },
+        Err(e) => Err(VolumeError::Store(desc, e)),
+    }
+}
+
+/// Unlock the volume's keys with `source`.
+pub fn unlock(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<dyn ObjectStore>,
+    source: &KeySource,
+) -> Result<VolumeKeys> {
+    let desc = store.describe();
+    let header = read_header(rt, store)?;
+    match crypto::open_header(&header, source) {
+        Ok(k) => Ok(k),
+        Err(CryptoError::WrongKey) => {
+            let slots = crypto::peek_header(&header)
+                .map(|h| h.slot_kinds.join(", "))
+                .unwrap_or_else(|_| "unknown".into());
+            Err(VolumeError::WrongKey { store: desc, slots })
+        }
+        Err(CryptoError::Tampered(what)) => Err(VolumeError::BadHeader(desc, what)),
+        Err(CryptoError::Format(what)) => Err(VolumeError::BadHeader(desc, what)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn default_cache_dir(volume_id: &str) -> PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("cryptbucket")
+        .join(volume_id)
+}
+
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.join("lock"))
+        .map_err(|e| VolumeError::Local(dir.to_owned(), e))?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(VolumeError::CacheBusy(dir.to_owned()));
+    }
+    Ok(f)
+}
+
+/// Open an existing volume for mounting.
+pub fn open(
+    rt: tokio::runtime::Runtime,
+    store: Arc<dyn ObjectStore>,
+    source: &KeySource,
+    cache_dir: Option<PathBuf>,
+) -> Result<Volume> {
+    let keys = Arc::new(unlock(&rt, &store, source)?);
+    let volume_id = hex::encode(keys.volume_id());
+    let cache_dir = cache_dir.unwrap_or_else(|| default_cache_dir(&volume_id));
+    fs::create_dir_all(&cache_dir).map_err(|e| VolumeError::Local(cache_dir.clone(), e))?;
+    let cache_dir = fs::canonicalize(&cache_dir).map_err(|e| VolumeError::Local(cache_dir, e))?;
+    let _ = fs::set_permissions(
+        &cache_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    );
+    let lock = lock_dir(&cache_dir)?;
+    let meta = Arc::new(SqliteMeta::open(&cache_dir.join("meta.db"))?);
+    match meta.get_state("volume_id")? {
+        Some(v) if v != volume_id.as_bytes() => {
+            return Err(VolumeError::Local(
+                cache_dir,
+                std::io::Error::other("it belongs to a different volume; pick another --cache-dir"),
+            ))
+        }
+        Some(_) => {}
+        None => meta.set_state("volume_id", volume_id.as_bytes())?,
+    }
+    let remote = Arc::new(RemoteMeta::new(
+        store.clone(),
+        keys.clone(),
+        rt.handle().clone(),
+    ));
+    let (head, hash) = remote.fetch_head()?.ok_or_else(|| {
+        MetaError::Refused(format!(
+            "the volume at {} has no metadata head (m/head is missing)",
+            store.describe()
+        ))
+    })?;
+    match remote.classify(&meta, &head, &hash)? {
+        LocalState::Current => {}
+        LocalState::Missing => {
+            tracing::info!(
+                "no local metadata in {}: loading it from the store (rollback protection starts from what the store says)",
+                cache_dir.display()
+            );
+            remote.load_into(&meta, &head, &hash)?;
+        }
+        LocalState::Behind => {
+            tracing::info!(
+                "the store has newer metadata (commit {}): loading it",
+                head.seq
+            );
+            remote.load_into(&meta, &head, &hash)?;
+        }
+    }
+    let data = Arc::new(ChunkStore::new(
+        store,
+        keys,
+        rt.handle().clone(),
+        BLOCK_CACHE_BYTES,
+    ));
+    let vfs = Arc::new(Vfs::new(meta, data, remote, false)?);
+    Ok(Volume {
+        vfs,
+        cache_dir,
+        volume_id,
+        rt,
+        _lock: lock,
+    })
+}

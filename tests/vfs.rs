@@ -1,0 +1,279 @@
+//! The vfs layer without a kernel: file contents against a byte-vector model (property
+//! test), namespace operations, and remounts from the store alone (fresh cache dir).
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use cryptbucket::backend::memory::MemoryStore;
+use cryptbucket::backend::ObjectStore;
+use cryptbucket::crypto::{Argon2Params, Cipher, KeySource, VolumeParams};
+use cryptbucket::meta::{FileKind, ROOT_INO};
+use cryptbucket::vfs::{Ctx, SetAttr, Vfs, VfsError};
+use cryptbucket::volume::{self, Volume};
+
+const CTX: Ctx = Ctx {
+    uid: 1000,
+    gid: 1000,
+    umask: 0o022,
+};
+
+fn key() -> KeySource {
+    KeySource::Passphrase(zeroize::Zeroizing::new("test passphrase".to_string()))
+}
+
+fn small_params(cipher: Cipher) -> VolumeParams {
+    VolumeParams {
+        cipher,
+        chunk_size: 64 * 1024,
+        block_size: 4096,
+        ..VolumeParams::default()
+    }
+}
+
+struct Fixture {
+    store: Arc<dyn ObjectStore>,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl Fixture {
+    fn new(params: VolumeParams) -> Self {
+        let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
+        let rt = volume::runtime().unwrap();
+        let kdf = Argon2Params {
+            m_kib: 8192,
+            t: 1,
+            p: 1,
+        };
+        volume::create(&rt, store.clone(), params, &key(), kdf).unwrap();
+        Fixture {
+            store,
+            dirs: Vec::new(),
+        }
+    }
+
+    /// Mount with a fresh cache dir: everything comes from the store.
+    fn mount(&mut self) -> Volume {
+        let dir = tempfile::tempdir().unwrap();
+        let v = volume::open(
+            volume::runtime().unwrap(),
+            self.store.clone(),
+            &key(),
+            Some(dir.path().to_owned()),
+        )
+        .unwrap();
+        self.dirs.push(dir);
+        v
+    }
+}
+
+fn read_all(vfs: &Vfs, ino: u64) -> Vec<u8> {
+    let fh = vfs.open(ino).unwrap();
+    let size = vfs.getattr(ino).unwrap().size;
+    let mut out = Vec::new();
+    while (out.len() as u64) < size {
+        let got = vfs.read(fh, out.len() as u64, 1 << 20).unwrap();
+        assert!(!got.is_empty(), "short read at {}", out.len());
+        out.extend_from_slice(&got);
+    }
+    vfs.release(fh).unwrap();
+    out
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+#[test]
+fn sizes_round_trip_through_the_store() {
+    for cipher in [Cipher::Aes256Gcm, Cipher::XChaCha20Poly1305] {
+        let mut fx = Fixture::new(small_params(cipher));
+        let cs = 64 * 1024;
+        let bs = 4096;
+        let sizes = [0, 1, bs - 1, bs, bs + 1, cs - 1, cs, cs + 1, 3 * cs + 7];
+        let v = fx.mount();
+        let mut inos = Vec::new();
+        for (n, &size) in sizes.iter().enumerate() {
+            let name = format!("f{size}");
+            let (a, fh) = v
+                .vfs
+                .create(&CTX, ROOT_INO, name.as_bytes(), 0o644)
+                .unwrap();
+            let data = pattern(size, n as u8);
+            for (i, piece) in data.chunks(10_000).enumerate() {
+                v.vfs.write(fh, (i * 10_000) as u64, piece).unwrap();
+            }
+            v.vfs.release(fh).unwrap();
+            assert_eq!(
+                read_all(&v.vfs, a.ino),
+                data,
+                "{cipher:?} size {size} before remount"
+            );
+            inos.push((name, data));
+        }
+        v.vfs.shutdown().unwrap();
+        drop(v);
+        let v = fx.mount();
+        for (name, data) in inos {
+            let a = v.vfs.lookup(ROOT_INO, name.as_bytes()).unwrap();
+            assert_eq!(a.size, data.len() as u64);
+            assert_eq!(
+                read_all(&v.vfs, a.ino),
+                data,
+                "{cipher:?} {name} after remount"
+            );
+        }
+    }
+}
+
+#[test]
+fn namespace_operations_survive_remount() {
+    let mut fx = Fixture::new(small_params(Cipher::Aes256Gcm));
+    let v = fx.mount();
+    let vfs = &v.vfs;
+    let d = vfs.mkdir(&CTX, ROOT_INO, b"dir", 0o755).unwrap();
+    let sub = vfs.mkdir(&CTX, d.ino, b"sub", 0o700).unwrap();
+    let (f, fh) = vfs
+        .create(&CTX, sub.ino, "é 日本 file.txt".as_bytes(), 0o600)
+        .unwrap();
+    vfs.write(fh, 0, b"hello").unwrap();
+    vfs.release(fh).unwrap();
+    vfs.symlink(&CTX, ROOT_INO, b"link", b"dir/sub/x").unwrap();
+    vfs.link(f.ino, ROOT_INO, b"hard").unwrap();
+    assert_eq!(vfs.getattr(f.ino).unwrap().nlink, 2);
+    assert!(matches!(
+        vfs.rmdir(ROOT_INO, b"dir"),
+        Err(VfsError::NotEmpty)
+    ));
+    vfs.rename(ROOT_INO, b"dir", ROOT_INO, b"moved", 0).unwrap();
+    assert!(matches!(
+        vfs.lookup(ROOT_INO, b"dir"),
+        Err(VfsError::NotFound)
+    ));
+    // Moving a directory into its own subtree is refused.
+    assert!(vfs.rename(ROOT_INO, b"moved", sub.ino, b"x", 0).is_err());
+    vfs.setattr(
+        f.ino,
+        SetAttr {
+            perm: Some(0o640),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    let (g, fh) = vfs.create(&CTX, ROOT_INO, b"gone", 0o644).unwrap();
+    vfs.write(fh, 0, &pattern(200_000, 3)).unwrap();
+    vfs.release(fh).unwrap();
+    vfs.unlink(ROOT_INO, b"gone").unwrap();
+    assert!(vfs.getattr(g.ino).is_err());
+    vfs.shutdown().unwrap();
+    drop(v);
+
+    let v = fx.mount();
+    let vfs = &v.vfs;
+    let moved = vfs.lookup(ROOT_INO, b"moved").unwrap();
+    let sub = vfs.lookup(moved.ino, b"sub").unwrap();
+    let f = vfs.lookup(sub.ino, "é 日本 file.txt".as_bytes()).unwrap();
+    assert_eq!(f.perm, 0o640);
+    assert_eq!(f.nlink, 2);
+    assert_eq!(read_all(vfs, f.ino), b"hello");
+    let l = vfs.lookup(ROOT_INO, b"link").unwrap();
+    assert_eq!(l.kind, FileKind::Symlink);
+    assert_eq!(vfs.readlink(l.ino).unwrap(), b"dir/sub/x");
+    let names: Vec<Vec<u8>> = vfs
+        .readdir(ROOT_INO, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names.len(), 5, "., .., moved, link, hard: {names:?}");
+    // The unlinked file's chunks were deleted from the store after the commit.
+    let chunks = v.rt.block_on(fx.store.list("d/")).unwrap();
+    assert_eq!(chunks.len(), 0, "only inline files remain: {chunks:?}");
+}
+
+#[test]
+fn unlinked_open_file_stays_usable_until_close() {
+    let mut fx = Fixture::new(small_params(Cipher::Aes256Gcm));
+    let v = fx.mount();
+    let (a, fh) = v.vfs.create(&CTX, ROOT_INO, b"tmp", 0o644).unwrap();
+    v.vfs.write(fh, 0, &pattern(100_000, 1)).unwrap();
+    v.vfs.unlink(ROOT_INO, b"tmp").unwrap();
+    v.vfs.write(fh, 100_000, b"more").unwrap();
+    let got = v.vfs.read(fh, 99_998, 10).unwrap();
+    assert_eq!(&got[2..], b"more");
+    v.vfs.release(fh).unwrap();
+    assert!(v.vfs.getattr(a.ino).is_err());
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write { off: u32, len: u32, seed: u8 },
+    Truncate(u32),
+    Reopen,
+    Remount,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u32..300_000, 1u32..150_000, any::<u8>())
+            .prop_map(|(off, len, seed)| Op::Write { off, len, seed }),
+        2 => (0u32..300_000).prop_map(Op::Truncate),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Remount),
+    ]
+}
+
+fn cases() -> u32 {
+    std::env::var("CRYPTBUCKET_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// Random writes and truncates across block, chunk and inline boundaries, with
+    /// reopen and remount, always read back exactly like a plain byte vector.
+    #[test]
+    fn file_contents_match_model(ops in proptest::collection::vec(op(), 1..14)) {
+        let mut fx = Fixture::new(small_params(Cipher::Aes256Gcm));
+        let mut v = fx.mount();
+        let (a, mut fh) = v.vfs.create(&CTX, ROOT_INO, b"f", 0o644).unwrap();
+        let ino = a.ino;
+        let mut model: Vec<u8> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Write { off, len, seed } => {
+                    let data = pattern(len as usize, seed);
+                    v.vfs.write(fh, off as u64, &data).unwrap();
+                    let end = off as usize + data.len();
+                    if model.len() < end { model.resize(end, 0); }
+                    model[off as usize..end].copy_from_slice(&data);
+                }
+                Op::Truncate(size) => {
+                    v.vfs.setattr(ino, SetAttr { size: Some(size as u64), ..SetAttr::default() }).unwrap();
+                    model.resize(size as usize, 0);
+                }
+                Op::Reopen => {
+                    v.vfs.release(fh).unwrap();
+                    fh = v.vfs.open(ino).unwrap();
+                }
+                Op::Remount => {
+                    v.vfs.release(fh).unwrap();
+                    v.vfs.shutdown().unwrap();
+                    drop(v);
+                    v = fx.mount();
+                    fh = v.vfs.open(ino).unwrap();
+                }
+            }
+            prop_assert_eq!(v.vfs.getattr(ino).unwrap().size, model.len() as u64);
+            let got = v.vfs.read(fh, 0, model.len() as u32 + 10).unwrap();
+            prop_assert!(got == model, "content differs from the model");
+        }
+        v.vfs.release(fh).unwrap();
+        v.vfs.shutdown().unwrap();
+    }
+}
