@@ -148,12 +148,6 @@ step_done
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cryptbucket/target}"
 echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
-# Still the dev (debug) profile with debug assertions, but at opt-level 1: at opt-level 0 the
-# AEADs run at ~3 MB/s (their generics are instantiated in our crate, so optimizing only the
-# dependencies, or only our crate, does not help); at opt-level 1 they run at 200-600 MB/s and
-# the mount tests take seconds instead of minutes. Set CARGO_PROFILE_DEV_OPT_LEVEL to override
-# (the variable beats Cargo.toml).
-export CARGO_PROFILE_DEV_OPT_LEVEL="${CARGO_PROFILE_DEV_OPT_LEVEL:-1}"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
