@@ -145,6 +145,27 @@ fn parent_of_dir_tx(tx: &Connection, ino: Ino) -> Result<Option<Ino>> {
         .map(|v| v as u64))
 }
 
+/// A `chunks` row (idx, id, plain_len, stored_len, digest) as a ChunkRef.
+fn chunk_ref(
+    idx: i64,
+    id: Vec<u8>,
+    plain_len: i64,
+    stored_len: i64,
+    digest: Vec<u8>,
+) -> Result<ChunkRef> {
+    Ok(ChunkRef {
+        idx: idx as u64,
+        id: id
+            .try_into()
+            .map_err(|_| MetaError::Corrupt("chunk id length".into()))?,
+        plain_len: plain_len as u64,
+        stored_len: stored_len as u64,
+        digest: digest
+            .try_into()
+            .map_err(|_| MetaError::Corrupt("chunk digest length".into()))?,
+    })
+}
+
 impl SqliteMeta {
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
@@ -563,17 +584,7 @@ impl SqliteMeta {
             let mut out = Vec::new();
             for row in rows {
                 let (idx, id, plain_len, stored_len, digest) = row?;
-                out.push(ChunkRef {
-                    idx: idx as u64,
-                    id: id
-                        .try_into()
-                        .map_err(|_| MetaError::Corrupt("chunk id length".into()))?,
-                    plain_len: plain_len as u64,
-                    stored_len: stored_len as u64,
-                    digest: digest
-                        .try_into()
-                        .map_err(|_| MetaError::Corrupt("chunk digest length".into()))?,
-                });
+                out.push(chunk_ref(idx, id, plain_len, stored_len, digest)?);
             }
             Ok(out)
         })
@@ -814,27 +825,53 @@ impl SqliteMeta {
                 snap.xattrs.push(r?);
             }
         }
-        drop(tx);
-        drop(conn);
-        let mut inodes = std::mem::take(&mut snap.inodes);
-        for si in inodes.iter_mut() {
-            if si.inode.kind == FileKind::File {
-                snap.chunks.extend(
-                    self.chunks(si.inode.ino)?
-                        .into_iter()
-                        .map(|c| (si.inode.ino, c)),
-                );
+        // Everything below is read under the same lock as the tree above: a chunk
+        // replaced concurrently must not be both referenced by this snapshot and in
+        // its dead list (it would be deleted while the stored head still needs it).
+        {
+            let mut st = tx.prepare(
+                "SELECT ino, idx, id, plain_len, stored_len, digest FROM chunks ORDER BY ino, idx",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                ))
+            })?;
+            for row in rows {
+                let (ino, idx, id, plain_len, stored_len, digest) = row?;
+                snap.chunks.push((
+                    ino as u64,
+                    chunk_ref(idx, id, plain_len, stored_len, digest)?,
+                ));
             }
         }
-        snap.inodes = inodes;
-        let next: Vec<u8> = self
-            .get_state("next_ino")?
+        let next: Vec<u8> = tx
+            .query_row("SELECT value FROM state WHERE key='next_ino'", [], |r| {
+                r.get(0)
+            })
+            .optional()?
             .ok_or_else(|| MetaError::Corrupt("next_ino missing".into()))?;
         snap.next_ino = u64::from_le_bytes(
             next.try_into()
                 .map_err(|_| MetaError::Corrupt("next_ino".into()))?,
         );
-        let dead = self.dead_chunks()?;
+        let mut dead = Vec::new();
+        {
+            let mut st = tx.prepare("SELECT id FROM dead_chunks")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            for r in rows {
+                if let Ok(id) = <[u8; 16]>::try_from(r?) {
+                    dead.push(id);
+                }
+            }
+        }
+        drop(tx);
+        drop(conn);
         Ok((snap, dead))
     }
 

@@ -25,6 +25,9 @@ struct FileState {
     mtime: Option<i64>,
     dirty: BTreeMap<u64, Vec<u8>>,
     refs: BTreeMap<u64, ChunkRef>,
+    /// Lowest size the file was truncated to since the metadata last recorded its chunks:
+    /// stored chunks from there on are stale even if the file grew again.
+    trunc_to: Option<u64>,
     inline: Option<Vec<u8>>,
 }
 
@@ -95,6 +98,7 @@ impl Vfs {
                     mtime: None,
                     dirty: BTreeMap::new(),
                     refs,
+                    trunc_to: None,
                     inline,
                 }),
             })
@@ -233,6 +237,9 @@ impl Vfs {
     fn upload_dirty(&self, ino: Ino, st: &mut FileState, only: Option<&[u64]>) -> Result<()> {
         let cs = self.chunk_size();
         let keep_below = st.size.div_ceil(cs);
+        let meta_keep = st
+            .trunc_to
+            .map_or(keep_below, |t| t.div_ceil(cs).min(keep_below));
         if st.size <= INLINE_MAX {
             return self.store_inline(ino, st);
         }
@@ -278,7 +285,8 @@ impl Vfs {
         for i in emptied {
             st.refs.remove(&i);
         }
-        self.meta.update_file(&inode, &refs, keep_below, None)?;
+        self.meta.update_file(&inode, &refs, meta_keep, None)?;
+        st.trunc_to = None;
         st.refs.retain(|i, _| *i < keep_below);
         for r in refs {
             st.refs.insert(r.idx, r);
@@ -310,6 +318,7 @@ impl Vfs {
         st.dirty.clear();
         st.inline = Some(content);
         st.mtime = None;
+        st.trunc_to = None;
         Ok(())
     }
 
@@ -375,6 +384,7 @@ impl Vfs {
         {
             let mut st = of.st.lock();
             if size < st.size {
+                st.trunc_to = Some(st.trunc_to.map_or(size, |t| t.min(size)));
                 let keep = size.div_ceil(cs);
                 st.dirty.retain(|i, _| *i < keep);
                 st.refs.retain(|i, _| *i < keep);
