@@ -95,6 +95,10 @@ fn kind(k: FileKind) -> FileType {
         FileKind::File => FileType::RegularFile,
         FileKind::Dir => FileType::Directory,
         FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -112,7 +116,7 @@ fn fattr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: 65536,
         flags: 0,
     }
@@ -211,14 +215,14 @@ impl Filesystem for FuseFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         let vfs = self.vfs.clone();
         let c = ctx(req, umask);
         let name = name.as_bytes().to_vec();
         self.pool
-            .run(move || match vfs.mknod(&c, parent, &name, mode) {
+            .run(move || match vfs.mknod(&c, parent, &name, mode, rdev) {
                 Ok(a) => reply.entry(&TTL, &fattr(&a), 0),
                 Err(e) => fail!(reply, "mknod", e),
             });
@@ -490,6 +494,29 @@ impl Filesystem for FuseFs {
             Ok(()) => reply.ok(),
             Err(e) => fail!(reply, "removexattr", e),
         });
+    }
+
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let vfs = self.vfs.clone();
+        if offset < 0 || length <= 0 {
+            reply.error(libc::EINVAL);
+            return;
+        }
+        self.pool.run(
+            move || match vfs.fallocate(fh, offset as u64, length as u64, mode) {
+                Ok(()) => reply.ok(),
+                Err(e) => fail!(reply, "fallocate", e),
+            },
+        );
     }
 
     fn create(

@@ -48,6 +48,10 @@ pub enum FileKind {
     File,
     Dir,
     Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
 }
 
 impl FileKind {
@@ -56,6 +60,10 @@ impl FileKind {
             FileKind::File => 1,
             FileKind::Dir => 2,
             FileKind::Symlink => 3,
+            FileKind::Fifo => 4,
+            FileKind::Socket => 5,
+            FileKind::CharDevice => 6,
+            FileKind::BlockDevice => 7,
         }
     }
     pub fn from_i64(v: i64) -> Result<Self> {
@@ -63,6 +71,10 @@ impl FileKind {
             1 => Ok(FileKind::File),
             2 => Ok(FileKind::Dir),
             3 => Ok(FileKind::Symlink),
+            4 => Ok(FileKind::Fifo),
+            5 => Ok(FileKind::Socket),
+            6 => Ok(FileKind::CharDevice),
+            7 => Ok(FileKind::BlockDevice),
             _ => Err(MetaError::Corrupt(format!("unknown inode kind {v}"))),
         }
     }
@@ -82,6 +94,9 @@ pub struct Inode {
     pub mtime: i64,
     pub ctime: i64,
     pub nlink: u32,
+    /// Device number of character and block devices.
+    #[serde(default)]
+    pub rdev: u32,
 }
 
 /// Where one chunk of a file lives and how to check it.

@@ -14,7 +14,7 @@ CREATE TABLE IF NOT EXISTS inodes(
   ino INTEGER PRIMARY KEY, kind INTEGER NOT NULL, perm INTEGER NOT NULL,
   uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
   atime INTEGER NOT NULL, mtime INTEGER NOT NULL, ctime INTEGER NOT NULL,
-  nlink INTEGER NOT NULL, target BLOB, inline BLOB);
+  nlink INTEGER NOT NULL, target BLOB, inline BLOB, rdev INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS dentries(
   cookie INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER NOT NULL, name BLOB NOT NULL,
   ino INTEGER NOT NULL, UNIQUE(parent, name));
@@ -55,12 +55,13 @@ fn row_inode(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Inode, i64)> {
             mtime: r.get(7)?,
             ctime: r.get(8)?,
             nlink: r.get::<_, i64>(9)? as u32,
+            rdev: r.get::<_, i64>(10)? as u32,
         },
         r.get(1)?,
     ))
 }
 
-const INODE_COLS: &str = "ino, kind, perm, uid, gid, size, atime, mtime, ctime, nlink";
+const INODE_COLS: &str = "ino, kind, perm, uid, gid, size, atime, mtime, ctime, nlink, rdev";
 
 fn get_inode_tx(tx: &Connection, ino: Ino) -> Result<Inode> {
     let row = tx
@@ -303,6 +304,7 @@ impl SqliteMeta {
         gid: u32,
         now: i64,
         target: Option<&[u8]>,
+        rdev: u32,
     ) -> Result<Inode> {
         self.write(|tx| {
             let p = get_inode_tx(tx, parent)?;
@@ -328,11 +330,11 @@ impl SqliteMeta {
             let (nlink, size) = match kind {
                 FileKind::Dir => (2, 0),
                 FileKind::Symlink => (1, target.map_or(0, |t| t.len() as u64)),
-                FileKind::File => (1, 0),
+                _ => (1, 0),
             };
             tx.execute(
-                "INSERT INTO inodes(ino, kind, perm, uid, gid, size, atime, mtime, ctime, nlink, target)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9)",
+                "INSERT INTO inodes(ino, kind, perm, uid, gid, size, atime, mtime, ctime, nlink, target, rdev)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9, ?10)",
                 params![
                     ino as i64,
                     kind.to_i64(),
@@ -342,7 +344,8 @@ impl SqliteMeta {
                     size as i64,
                     now,
                     nlink,
-                    target
+                    target,
+                    rdev as i64
                 ],
             )?;
             tx.execute(
@@ -787,8 +790,8 @@ impl SqliteMeta {
                 Ok((
                     i,
                     k,
-                    r.get::<_, Option<Vec<u8>>>(10)?,
                     r.get::<_, Option<Vec<u8>>>(11)?,
+                    r.get::<_, Option<Vec<u8>>>(12)?,
                 ))
             })?;
             for row in rows {
@@ -884,8 +887,8 @@ impl SqliteMeta {
             for si in &snap.inodes {
                 let i = &si.inode;
                 tx.execute(
-                    "INSERT INTO inodes(ino, kind, perm, uid, gid, size, atime, mtime, ctime, nlink, target, inline)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    "INSERT INTO inodes(ino, kind, perm, uid, gid, size, atime, mtime, ctime, nlink, target, inline, rdev)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                     params![
                         i.ino as i64,
                         i.kind.to_i64(),
@@ -898,7 +901,8 @@ impl SqliteMeta {
                         i.ctime,
                         i.nlink as i64,
                         si.target,
-                        si.inline
+                        si.inline,
+                        i.rdev as i64
                     ],
                 )?;
             }

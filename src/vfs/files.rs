@@ -80,7 +80,7 @@ impl Vfs {
         match inode.kind {
             FileKind::File => {}
             FileKind::Dir => return Err(VfsError::IsDir),
-            FileKind::Symlink => return Err(VfsError::Invalid("not a regular file")),
+            _ => return Err(VfsError::Invalid("not a regular file")),
         }
         let refs = self
             .meta
@@ -373,6 +373,24 @@ impl Vfs {
             }
         }
         res
+    }
+
+    /// fallocate: mode 0 extends the file (the new range reads as zeros and, being a
+    /// hole, costs no storage); other modes are not supported.
+    pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> Result<()> {
+        self.writable()?;
+        if mode != 0 {
+            return Err(VfsError::NotSupported);
+        }
+        let (ino, of) = self.handle(fh)?;
+        let end = off
+            .checked_add(len)
+            .filter(|e| *e <= MAX_FILE_SIZE)
+            .ok_or(VfsError::TooBig)?;
+        if end > of.size() {
+            self.truncate(ino, end)?;
+        }
+        Ok(())
     }
 
     pub(super) fn truncate(&self, ino: Ino, size: u64) -> Result<()> {

@@ -43,6 +43,7 @@ pub struct Attr {
     pub atime: i64,
     pub mtime: i64,
     pub ctime: i64,
+    pub rdev: u32,
 }
 
 /// A requested time change.
@@ -155,6 +156,7 @@ impl Vfs {
             atime: inode.atime,
             mtime: inode.mtime,
             ctime: inode.ctime,
+            rdev: inode.rdev,
         };
         if inode.kind == FileKind::File {
             if let Some(of) = self.open.lock().get(&inode.ino).cloned() {
@@ -199,9 +201,17 @@ impl Vfs {
         self.writable()?;
         check_name(name)?;
         let (perm, uid, gid) = self.new_owner(ctx, parent, mode, true)?;
-        let i = self
-            .meta
-            .create(parent, name, FileKind::Dir, perm, uid, gid, now_ns(), None)?;
+        let i = self.meta.create(
+            parent,
+            name,
+            FileKind::Dir,
+            perm,
+            uid,
+            gid,
+            now_ns(),
+            None,
+            0,
+        )?;
         Ok(self.attr_of(i))
     }
 
@@ -210,21 +220,46 @@ impl Vfs {
         self.writable()?;
         check_name(name)?;
         let (perm, uid, gid) = self.new_owner(ctx, parent, mode, false)?;
-        let i = self
-            .meta
-            .create(parent, name, FileKind::File, perm, uid, gid, now_ns(), None)?;
+        let i = self.meta.create(
+            parent,
+            name,
+            FileKind::File,
+            perm,
+            uid,
+            gid,
+            now_ns(),
+            None,
+            0,
+        )?;
         let fh = self.open(i.ino)?;
         Ok((self.attr_of(i), fh))
     }
 
-    /// mknod: only regular files (others are not supported on this filesystem).
-    pub fn mknod(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            return Err(VfsError::NotSupported);
-        }
-        let (a, fh) = self.create(ctx, parent, name, mode)?;
-        self.release(fh)?;
-        Ok(a)
+    /// mknod: regular files, FIFOs, sockets and device nodes (stored as metadata only).
+    pub fn mknod(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32, rdev: u32) -> Result<Attr> {
+        let kind = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => {
+                let (a, fh) = self.create(ctx, parent, name, mode)?;
+                self.release(fh)?;
+                return Ok(a);
+            }
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            _ => return Err(VfsError::Invalid("mknod file type")),
+        };
+        self.writable()?;
+        check_name(name)?;
+        let (perm, uid, gid) = self.new_owner(ctx, parent, mode, false)?;
+        let rdev = match kind {
+            FileKind::CharDevice | FileKind::BlockDevice => rdev,
+            _ => 0,
+        };
+        let i = self
+            .meta
+            .create(parent, name, kind, perm, uid, gid, now_ns(), None, rdev)?;
+        Ok(self.attr_of(i))
     }
 
     pub fn symlink(&self, ctx: &Ctx, parent: Ino, name: &[u8], target: &[u8]) -> Result<Attr> {
@@ -243,6 +278,7 @@ impl Vfs {
             gid,
             now_ns(),
             Some(target),
+            0,
         )?;
         Ok(self.attr_of(i))
     }
