@@ -347,3 +347,40 @@ fn large_directory_lists_every_entry_once_despite_concurrent_changes() {
     assert!(seen.contains(b"added-late".as_slice()));
     eprintln!("listed {} entries in {elapsed:?}", seen.len());
 }
+
+#[test]
+fn rename_noreplace_and_exchange() {
+    let mut fx = Fixture::new(small_params(Cipher::Aes256Gcm));
+    let v = fx.mount();
+    let vfs = &v.vfs;
+    let (f, fh) = vfs.create(&CTX, ROOT_INO, b"file", 0o644).unwrap();
+    vfs.release(fh).unwrap();
+    let d = vfs.mkdir(&CTX, ROOT_INO, b"dir", 0o755).unwrap();
+    let sub = vfs.mkdir(&CTX, d.ino, b"sub", 0o755).unwrap();
+    let noreplace = libc::RENAME_NOREPLACE;
+    let err = vfs
+        .rename(ROOT_INO, b"file", ROOT_INO, b"dir", noreplace)
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::EEXIST);
+    vfs.rename(ROOT_INO, b"file", ROOT_INO, b"new", noreplace)
+        .unwrap();
+    // Exchange a file and a directory that live in different parents.
+    vfs.rename(ROOT_INO, b"new", d.ino, b"sub", libc::RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!(vfs.lookup(ROOT_INO, b"new").unwrap().ino, sub.ino);
+    assert_eq!(vfs.lookup(d.ino, b"sub").unwrap().ino, f.ino);
+    // The directory moved up: link counts follow.
+    assert_eq!(vfs.getattr(d.ino).unwrap().nlink, 2);
+    assert_eq!(vfs.getattr(ROOT_INO).unwrap().nlink, 4);
+    assert_eq!(vfs.lookup(sub.ino, b"..").unwrap().ino, ROOT_INO);
+    let err = vfs
+        .rename(
+            ROOT_INO,
+            b"new",
+            ROOT_INO,
+            b"missing",
+            libc::RENAME_EXCHANGE,
+        )
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::ENOENT);
+}

@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS dentries(
   cookie INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER NOT NULL, name BLOB NOT NULL,
   ino INTEGER NOT NULL, UNIQUE(parent, name));
 CREATE INDEX IF NOT EXISTS dentries_ino ON dentries(ino);
+CREATE INDEX IF NOT EXISTS dentries_parent_cookie ON dentries(parent, cookie);
 CREATE TABLE IF NOT EXISTS chunks(
   ino INTEGER NOT NULL, idx INTEGER NOT NULL, id BLOB NOT NULL, plain_len INTEGER NOT NULL,
   stored_len INTEGER NOT NULL, digest BLOB NOT NULL, PRIMARY KEY(ino, idx));
