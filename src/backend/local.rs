@@ -288,24 +288,10 @@ fn put_blocking(
     data: &[u8],
     mode: &PutMode,
 ) -> Result<ObjectMeta> {
-    let _lock = DirLock::acquire(root)?;
-    let current = stat_object(path)?;
-    match (mode, &current) {
-        (PutMode::Create, Some(_)) => {
-            return Err(BackendError::PreconditionFailed(key.to_string()))
-        }
-        (PutMode::IfMatch(_), None) => {
-            return Err(BackendError::PreconditionFailed(key.to_string()))
-        }
-        (PutMode::IfMatch(want), Some(m)) if *want != etag_of(m) => {
-            return Err(BackendError::PreconditionFailed(key.to_string()))
-        }
-        _ => {}
-    }
-    let dir = path.parent().unwrap_or(root);
-    make_dirs(root, dir)?;
-    let tmp = dir.join(temp_name());
-    let result = (|| {
+    // Write and fsync the bytes before taking the lock (the slow part), in the root so
+    // no directory pruning can race with it; only check + rename run under the lock.
+    let tmp = root.join(temp_name());
+    let written = (|| {
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -314,8 +300,29 @@ fn put_blocking(
         f.write_all(data).map_err(|e| io_err(&tmp, e))?;
         f.set_modified(unique_mtime())
             .map_err(|e| io_err(&tmp, e))?;
-        f.sync_all().map_err(|e| io_err(&tmp, e))?;
-        drop(f);
+        f.sync_all().map_err(|e| io_err(&tmp, e))
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let result = (|| {
+        let _lock = DirLock::acquire(root)?;
+        let current = stat_object(path)?;
+        match (mode, &current) {
+            (PutMode::Create, Some(_)) => {
+                return Err(BackendError::PreconditionFailed(key.to_string()))
+            }
+            (PutMode::IfMatch(_), None) => {
+                return Err(BackendError::PreconditionFailed(key.to_string()))
+            }
+            (PutMode::IfMatch(want), Some(m)) if *want != etag_of(m) => {
+                return Err(BackendError::PreconditionFailed(key.to_string()))
+            }
+            _ => {}
+        }
+        let dir = path.parent().unwrap_or(root);
+        make_dirs(root, dir)?;
         if let Ok(m) = fs::metadata(path) {
             if m.is_dir() {
                 return Err(BackendError::Other(format!(
@@ -324,13 +331,13 @@ fn put_blocking(
                 )));
             }
         }
-        fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+        fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+        fsync_dir(dir)
     })();
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    fsync_dir(dir)?;
     let m = fs::metadata(path).map_err(|e| io_err(path, e))?;
     Ok(meta_of(key, &m))
 }
