@@ -12,6 +12,7 @@ use bytes::Bytes;
 use crate::backend::{BackendError, ObjectStore, PutMode};
 use crate::crypto::{self, Argon2Params, CryptoError, KeySource, VolumeKeys, VolumeParams};
 use crate::data::ChunkStore;
+use crate::meta::lease::{Lease, DEFAULT_LEASE_TTL};
 use crate::meta::remote::{LocalState, RemoteMeta};
 use crate::meta::{MetaError, SqliteMeta};
 use crate::vfs::{now_ns, Vfs, VfsError};
@@ -47,9 +48,30 @@ pub enum VolumeError {
 
 pub type Result<T> = std::result::Result<T, VolumeError>;
 
+/// Options for opening a volume.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Local state directory; default per volume under the XDG cache directory.
+    pub cache_dir: Option<PathBuf>,
+    /// Take over a writer lease that expired (its holder is gone).
+    pub break_lease: bool,
+    pub lease_ttl: std::time::Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            cache_dir: None,
+            break_lease: false,
+            lease_ttl: DEFAULT_LEASE_TTL,
+        }
+    }
+}
+
 /// A volume ready to serve: the tokio runtime must outlive the vfs.
 pub struct Volume {
     pub vfs: Arc<Vfs>,
+    pub lease: Arc<Lease>,
     pub cache_dir: PathBuf,
     pub volume_id: String,
     pub rt: tokio::runtime::Runtime,
@@ -62,6 +84,15 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .enable_all()
         .thread_name("cb-io")
         .build()
+}
+
+impl Volume {
+    /// Unmount: write everything to the store, then give up the writer lease.
+    pub fn unmount(self) -> Result<()> {
+        self.vfs.shutdown()?;
+        self.lease.release();
+        Ok(())
+    }
 }
 
 /// Create a new volume in an empty location of `store`.
@@ -163,13 +194,29 @@ fn lock_dir(dir: &Path) -> Result<fs::File> {
     Ok(f)
 }
 
-/// Open an existing volume for mounting.
+/// Open an existing volume for mounting, with default options and `cache_dir`.
 pub fn open(
     rt: tokio::runtime::Runtime,
     store: Arc<dyn ObjectStore>,
     source: &KeySource,
     cache_dir: Option<PathBuf>,
 ) -> Result<Volume> {
+    let opts = OpenOptions {
+        cache_dir,
+        ..OpenOptions::default()
+    };
+    open_with(rt, store, source, &opts)
+}
+
+/// Open an existing volume for mounting: unlock, take the writer lease, bring the local
+/// metadata up to the store's head.
+pub fn open_with(
+    rt: tokio::runtime::Runtime,
+    store: Arc<dyn ObjectStore>,
+    source: &KeySource,
+    opts: &OpenOptions,
+) -> Result<Volume> {
+    let cache_dir = opts.cache_dir.clone();
     let keys = Arc::new(unlock(&rt, &store, source)?);
     let volume_id = hex::encode(keys.volume_id());
     let cache_dir = cache_dir.unwrap_or_else(|| default_cache_dir(&volume_id));
@@ -191,11 +238,28 @@ pub fn open(
         Some(_) => {}
         None => meta.set_state("volume_id", volume_id.as_bytes())?,
     }
+    let holder = match meta.get_state("holder_id")? {
+        Some(h) => String::from_utf8_lossy(&h).into_owned(),
+        None => {
+            let h = crypto::ChunkId::random().to_hex();
+            meta.set_state("holder_id", h.as_bytes())?;
+            h
+        }
+    };
+    let lease = Arc::new(Lease::acquire(
+        store.clone(),
+        keys.clone(),
+        rt.handle().clone(),
+        &holder,
+        opts.lease_ttl,
+        opts.break_lease,
+    )?);
     let remote = Arc::new(RemoteMeta::new(
         store.clone(),
         keys.clone(),
         rt.handle().clone(),
     ));
+    remote.set_lease(lease.clone());
     let (head, hash) = remote.fetch_head()?.ok_or_else(|| {
         MetaError::Refused(format!(
             "the volume at {} has no metadata head (m/head is missing)",
@@ -228,6 +292,7 @@ pub fn open(
     let vfs = Arc::new(Vfs::new(meta, data, remote, false)?);
     Ok(Volume {
         vfs,
+        lease,
         cache_dir,
         volume_id,
         rt,

@@ -113,8 +113,7 @@ fn sizes_round_trip_through_the_store() {
             );
             inos.push((name, data));
         }
-        v.vfs.shutdown().unwrap();
-        drop(v);
+        v.unmount().unwrap();
         let v = fx.mount();
         for (name, data) in inos {
             let a = v.vfs.lookup(ROOT_INO, name.as_bytes()).unwrap();
@@ -167,8 +166,7 @@ fn namespace_operations_survive_remount() {
     vfs.release(fh).unwrap();
     vfs.unlink(ROOT_INO, b"gone").unwrap();
     assert!(vfs.getattr(g.ino).is_err());
-    vfs.shutdown().unwrap();
-    drop(v);
+    v.unmount().unwrap();
 
     let v = fx.mount();
     let vfs = &v.vfs;
@@ -263,8 +261,7 @@ proptest! {
                 }
                 Op::Remount => {
                     v.vfs.release(fh).unwrap();
-                    v.vfs.shutdown().unwrap();
-                    drop(v);
+                    v.unmount().unwrap();
                     v = fx.mount();
                     fh = v.vfs.open(ino).unwrap();
                 }
@@ -274,7 +271,7 @@ proptest! {
             prop_assert!(got == model, "content differs from the model");
         }
         v.vfs.release(fh).unwrap();
-        v.vfs.shutdown().unwrap();
+        v.unmount().unwrap();
     }
 }
 
@@ -286,8 +283,7 @@ fn offsets_past_4_gib_and_holes() {
     let off = (5u64 << 30) + 12345;
     v.vfs.write(fh, off, b"past four gigabytes").unwrap();
     v.vfs.release(fh).unwrap();
-    v.vfs.shutdown().unwrap();
-    drop(v);
+    v.unmount().unwrap();
     let v = fx.mount();
     let fh = v.vfs.open(a.ino).unwrap();
     assert_eq!(v.vfs.getattr(a.ino).unwrap().size, off + 19);
@@ -383,4 +379,66 @@ fn rename_noreplace_and_exchange() {
         )
         .unwrap_err();
     assert_eq!(err.errno(), libc::ENOENT);
+}
+
+#[test]
+fn writer_lease_refuses_a_second_mount_and_is_released() {
+    use cryptbucket::volume::OpenOptions;
+    let mut fx = Fixture::new(small_params(Cipher::Aes256Gcm));
+    let first = fx.mount();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = OpenOptions {
+        cache_dir: Some(dir.path().to_owned()),
+        lease_ttl: std::time::Duration::from_secs(1),
+        ..OpenOptions::default()
+    };
+    let err = volume::open_with(volume::runtime().unwrap(), fx.store.clone(), &key(), &opts)
+        .err()
+        .expect("second mount must be refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("already mounted by") && msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+    // The same cache dir after a crash (lease never released) takes its own lease back.
+    let first_dir = fx.dirs.last().unwrap().path().to_owned();
+    // A crash: everything flushed, but the lease is never released.
+    first.vfs.shutdown().unwrap();
+    drop(first);
+    let again = volume::open(
+        volume::runtime().unwrap(),
+        fx.store.clone(),
+        &key(),
+        Some(first_dir),
+    )
+    .unwrap();
+    again.lease.release();
+    drop(again);
+    // Released: another cache dir mounts.
+    let other =
+        volume::open_with(volume::runtime().unwrap(), fx.store.clone(), &key(), &opts).unwrap();
+    // Once its 1 s lease has expired unrenewed, commits are fenced...
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (_, fh) = other.vfs.create(&CTX, ROOT_INO, b"late", 0o644).unwrap();
+    other.vfs.release(fh).unwrap();
+    assert!(
+        other.vfs.commit().is_err(),
+        "commit with an expired lease must fail"
+    );
+    // ...and a new mount must break the expired lease explicitly.
+    let dir3 = tempfile::tempdir().unwrap();
+    let mut opts3 = OpenOptions {
+        cache_dir: Some(dir3.path().to_owned()),
+        ..OpenOptions::default()
+    };
+    let err = volume::open_with(volume::runtime().unwrap(), fx.store.clone(), &key(), &opts3)
+        .err()
+        .expect("expired lease needs --break-lease");
+    assert!(err.to_string().contains("--break-lease"), "{err}");
+    opts3.break_lease = true;
+    let third =
+        volume::open_with(volume::runtime().unwrap(), fx.store.clone(), &key(), &opts3).unwrap();
+    // The old holder has lost it for good.
+    assert!(other.lease.renew().is_err());
+    third.vfs.shutdown().unwrap();
 }

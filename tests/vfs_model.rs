@@ -195,7 +195,7 @@ impl Harness {
 
     fn remount(&mut self) {
         if let Some(v) = self.vol.take() {
-            v.vfs.shutdown().expect("shutdown");
+            v.unmount().expect("unmount");
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let v = volume::open(

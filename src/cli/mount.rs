@@ -20,6 +20,8 @@ use super::{key_source, open_store, KeyArgs, StoreArgs};
 
 /// Commit metadata to the store at least this often while mounted.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(30);
+/// Renew the writer lease this often (a third of its lifetime).
+const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(20);
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
@@ -39,6 +41,9 @@ pub struct MountArgs {
     /// Let other users reach the mount (implies kernel permission checks).
     #[arg(long)]
     pub allow_other: bool,
+    /// Take over the writer lease of a mount that is gone (its lease expired).
+    #[arg(long)]
+    pub break_lease: bool,
     #[arg(long, hide = true)]
     pub daemon_child: bool,
 }
@@ -156,7 +161,12 @@ fn serve(args: &MountArgs, key: KeySource, child: bool) -> Result<()> {
     let mnt = check_mountpoint(&args.mountpoint)?;
     let rt = cryptbucket::volume::runtime()?;
     let store = open_store(&rt, &args.store, false)?;
-    let vol = cryptbucket::volume::open(rt, store, &key, args.cache_dir.clone())?;
+    let opts = cryptbucket::volume::OpenOptions {
+        cache_dir: args.cache_dir.clone(),
+        break_lease: args.break_lease,
+        ..Default::default()
+    };
+    let vol = cryptbucket::volume::open_with(rt, store, &key, &opts)?;
     drop(key);
     let log_path = vol.cache_dir.join("cryptbucket.log");
     let mut opts = vec![
@@ -196,6 +206,7 @@ fn serve(args: &MountArgs, key: KeySource, child: bool) -> Result<()> {
         signal_hook::flag::register(sig, stop.clone())?;
     }
     let mut last_commit = Instant::now();
+    let mut last_renew = Instant::now();
     while !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
         if stop.swap(false, Ordering::SeqCst) {
@@ -209,6 +220,12 @@ fn serve(args: &MountArgs, key: KeySource, child: bool) -> Result<()> {
                 Err(e) => tracing::warn!("cannot run fusermount3: {e}; still serving"),
             }
         }
+        if last_renew.elapsed() > LEASE_RENEW_INTERVAL {
+            if let Err(e) = vol.lease.renew() {
+                tracing::warn!("could not renew the writer lease: {e}");
+            }
+            last_renew = Instant::now();
+        }
         if last_commit.elapsed() > COMMIT_INTERVAL {
             if let Err(e) = vol.vfs.commit() {
                 tracing::warn!("periodic commit failed (will retry): {e}");
@@ -221,6 +238,7 @@ fn serve(args: &MountArgs, key: KeySource, child: bool) -> Result<()> {
     let res = flush_with_retries(&vol.vfs);
     match &res {
         Ok(()) => {
+            vol.lease.release();
             let _ = std::fs::remove_file(&pidf);
             tracing::info!("all data and metadata are in the store");
             // Everything is durable; skip the runtime's slow teardown of idle workers.

@@ -13,6 +13,7 @@ pub const KIND_HEAD: u8 = 2;
 pub const KIND_SNAPSHOT: u8 = 3;
 pub const KIND_JOURNAL: u8 = 4;
 pub const KIND_STAGING: u8 = 5;
+pub const KIND_LEASE: u8 = 6;
 
 /// The prefix for an object of `kind` in the current format version.
 pub fn prefix(kind: u8) -> [u8; PREFIX_LEN] {

@@ -8,7 +8,8 @@
 use super::cipher::Aead;
 use super::kdf::hkdf;
 use super::prefix::{
-    check_prefix, prefix, KIND_HEAD, KIND_JOURNAL, KIND_SNAPSHOT, KIND_STAGING, PREFIX_LEN,
+    check_prefix, prefix, KIND_HEAD, KIND_JOURNAL, KIND_LEASE, KIND_SNAPSHOT, KIND_STAGING,
+    PREFIX_LEN,
 };
 use super::{random_array, CryptoError, VolumeKeys, TAG_LEN};
 
@@ -24,16 +25,19 @@ pub enum RecordKind {
     Journal,
     /// A local staging file (sealed with the staging key, never uploaded).
     Staging,
+    /// `lock`: the writer lease (holder, host, pid, expiry).
+    Lease,
 }
 
 impl RecordKind {
-    /// The object kind byte of the prefix (head=2, snapshot=3, journal=4, staging=5).
+    /// The object kind byte of the prefix (head=2, snapshot=3, journal=4, staging=5, lease=6).
     pub fn object_kind(self) -> u8 {
         match self {
             RecordKind::Head => KIND_HEAD,
             RecordKind::Snapshot => KIND_SNAPSHOT,
             RecordKind::Journal => KIND_JOURNAL,
             RecordKind::Staging => KIND_STAGING,
+            RecordKind::Lease => KIND_LEASE,
         }
     }
 
@@ -44,6 +48,7 @@ impl RecordKind {
             RecordKind::Snapshot => "snapshot record",
             RecordKind::Journal => "journal record",
             RecordKind::Staging => "staging record",
+            RecordKind::Lease => "lease record",
         }
     }
 }
@@ -116,11 +121,12 @@ mod tests {
     use super::*;
     use crate::crypto::{Cipher, VolumeParams};
 
-    const KINDS: [RecordKind; 4] = [
+    const KINDS: [RecordKind; 5] = [
         RecordKind::Head,
         RecordKind::Snapshot,
         RecordKind::Journal,
         RecordKind::Staging,
+        RecordKind::Lease,
     ];
 
     fn keys(c: Cipher) -> VolumeKeys {

@@ -25,6 +25,8 @@ pub struct RemoteMeta {
     rt: Handle,
     writer: String,
     lock: Mutex<()>,
+    /// The writer lease that fences commits (None: unfenced, e.g. at init).
+    lease: Mutex<Option<Arc<super::lease::Lease>>>,
 }
 
 /// How the local database relates to the bucket's head.
@@ -46,7 +48,12 @@ impl RemoteMeta {
             rt,
             writer: ChunkId::random().to_hex(),
             lock: Mutex::new(()),
+            lease: Mutex::new(None),
         }
+    }
+
+    pub fn set_lease(&self, lease: Arc<super::lease::Lease>) {
+        *self.lease.lock() = Some(lease);
     }
 
     /// Read and open `m/head`; `None` if the volume has none.
@@ -126,6 +133,9 @@ impl RemoteMeta {
     /// no committed metadata references any more (safe to delete now).
     pub fn commit(&self, meta: &SqliteMeta) -> Result<Vec<[u8; 16]>> {
         let _guard = self.lock.lock();
+        if let Some(lease) = self.lease.lock().clone() {
+            lease.check()?;
+        }
         let (snap, dead) = meta.export()?;
         let sealed = self
             .keys

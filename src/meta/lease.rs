@@ -1,0 +1,222 @@
+//! The writer lease (`lock` object): one writer at a time per volume. Taken with a
+//! conditional put, renewed in the background, released at unmount; every commit checks
+//! that it is still held, so a writer that lost it (a laptop that slept) cannot overwrite
+//! a newer writer's metadata.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
+
+use super::{MetaError, Result};
+use crate::backend::{BackendError, ObjectStore, PutMode};
+use crate::crypto::{RecordKind, VolumeKeys};
+
+pub const LEASE_KEY: &str = "lock";
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+
+/// What the lease object says (sealed as a lease record).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// Stable id of the holder's local state (one per cache directory).
+    pub holder: String,
+    pub host: String,
+    pub pid: u32,
+    /// Unix seconds.
+    pub since: u64,
+    pub expires: u64,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown host".into())
+}
+
+fn when(secs: u64) -> String {
+    let ago = now().saturating_sub(secs);
+    format!("{secs} (unix time, {ago} s ago)")
+}
+
+pub struct Lease {
+    store: Arc<dyn ObjectStore>,
+    keys: Arc<VolumeKeys>,
+    rt: Handle,
+    info: Mutex<LeaseInfo>,
+    etag: Mutex<Option<String>>,
+    ttl: Duration,
+    lost: AtomicBool,
+}
+
+impl Lease {
+    /// Take the lease for `holder`, or refuse with a message naming the current holder.
+    /// A lease held by the same `holder` (this cache directory, after a crash) is taken
+    /// over; an expired one only with `break_expired`.
+    pub fn acquire(
+        store: Arc<dyn ObjectStore>,
+        keys: Arc<VolumeKeys>,
+        rt: Handle,
+        holder: &str,
+        ttl: Duration,
+        break_expired: bool,
+    ) -> Result<Lease> {
+        if !store.supports_conditional() {
+            tracing::warn!(
+                "{} does not honour conditional writes: the writer lease cannot be enforced, so only one machine may mount this volume at a time",
+                store.describe()
+            );
+        }
+        let t = now();
+        let info = LeaseInfo {
+            holder: holder.to_string(),
+            host: hostname(),
+            pid: std::process::id(),
+            since: t,
+            expires: t + ttl.as_secs(),
+        };
+        let lease = Lease {
+            store,
+            keys,
+            rt,
+            info: Mutex::new(info),
+            etag: Mutex::new(None),
+            ttl,
+            lost: AtomicBool::new(false),
+        };
+        for _ in 0..5 {
+            let mode = match lease.current()? {
+                None => PutMode::Create,
+                Some((cur, etag)) => {
+                    let expired = cur.as_ref().is_none_or(|c| c.expires < now());
+                    let ours = cur.as_ref().is_some_and(|c| c.holder == holder);
+                    if !(ours || (expired && break_expired)) {
+                        return Err(MetaError::Refused(refusal(cur.as_ref(), expired)));
+                    }
+                    if let (Some(c), false) = (cur.as_ref(), ours) {
+                        tracing::warn!(
+                            "breaking the expired writer lease of {} (pid {})",
+                            c.host,
+                            c.pid
+                        );
+                    }
+                    PutMode::IfMatch(etag)
+                }
+            };
+            match lease.write(mode) {
+                Ok(()) => return Ok(lease),
+                Err(MetaError::Store(BackendError::PreconditionFailed(_))) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(MetaError::Refused(
+            "another process keeps changing the writer lease; try again".into(),
+        ))
+    }
+
+    /// The current lease object, if any: (its contents if they open, its etag).
+    fn current(&self) -> Result<Option<(Option<LeaseInfo>, String)>> {
+        let meta = match self.rt.block_on(self.store.head(LEASE_KEY)) {
+            Ok(m) => m,
+            Err(BackendError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let sealed = match self.rt.block_on(self.store.get(LEASE_KEY, None)) {
+            Ok(b) => b,
+            Err(BackendError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let info = self
+            .keys
+            .open_record(RecordKind::Lease, &sealed)
+            .ok()
+            .and_then(|p| serde_json::from_slice::<LeaseInfo>(&p).ok());
+        Ok(Some((info, meta.etag.unwrap_or_default())))
+    }
+
+    fn write(&self, mode: PutMode) -> Result<()> {
+        let plain = serde_json::to_vec(&*self.info.lock())
+            .map_err(|e| MetaError::Corrupt(format!("lease: {e}")))?;
+        let sealed = self.keys.seal_record(RecordKind::Lease, &plain)?;
+        let meta = self
+            .rt
+            .block_on(self.store.put(LEASE_KEY, Bytes::from(sealed), mode))?;
+        *self.etag.lock() = meta.etag;
+        Ok(())
+    }
+
+    /// Extend the lease. Losing it (someone else took it) is final for this mount.
+    pub fn renew(&self) -> Result<()> {
+        self.check()?;
+        self.info.lock().expires = now() + self.ttl.as_secs();
+        let mode = match self.etag.lock().clone() {
+            Some(e) if self.store.supports_conditional() => PutMode::IfMatch(e),
+            _ => PutMode::Overwrite,
+        };
+        match self.write(mode) {
+            Ok(()) => Ok(()),
+            Err(MetaError::Store(BackendError::PreconditionFailed(_))) => {
+                self.lost.store(true, Ordering::SeqCst);
+                tracing::error!("the writer lease was taken by another mount: no more changes will be written to the store");
+                Err(MetaError::Refused(
+                    "the writer lease was taken by another mount".into(),
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fence for commits: refuse once the lease is lost or has run out unrenewed.
+    pub fn check(&self) -> Result<()> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(MetaError::Refused(
+                "this mount lost its writer lease; its changes are kept locally but not written to the store".into(),
+            ));
+        }
+        if self.info.lock().expires < now() {
+            return Err(MetaError::Refused(
+                "this mount's writer lease expired before it could be renewed (store unreachable?)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn info(&self) -> LeaseInfo {
+        self.info.lock().clone()
+    }
+
+    /// Give the lease up (at unmount).
+    pub fn release(&self) {
+        if self.lost.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Err(e) = self.rt.block_on(self.store.delete(LEASE_KEY)) {
+            tracing::warn!("could not release the writer lease: {e}");
+        }
+    }
+}
+
+fn refusal(cur: Option<&LeaseInfo>, expired: bool) -> String {
+    match (cur, expired) {
+        (Some(c), false) => format!(
+            "the volume is already mounted by {} (pid {}) since {}; its writer lease is valid until {}. Unmount it there first (or mount with --read-only once available)",
+            c.host, c.pid, when(c.since), c.expires
+        ),
+        (Some(c), true) => format!(
+            "the volume's writer lease, held by {} (pid {}) since {}, expired at {}: if that mount is gone, mount with --break-lease",
+            c.host, c.pid, when(c.since), c.expires
+        ),
+        (None, _) => "the volume's lease object cannot be read (damaged or from another key): if no other mount is running, mount with --break-lease".into(),
+    }
+}
