@@ -25,8 +25,8 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(30);
 pub struct MountArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// An existing, empty directory.
-    pub mountpoint: PathBuf,
+    /// An existing, empty directory (default: the volume's `mountpoint` in the config file).
+    pub mountpoint: Option<PathBuf>,
     #[command(flatten)]
     pub key: KeyArgs,
     /// Stay in the foreground (logs go to stderr).
@@ -64,15 +64,16 @@ fn check_mountpoint(p: &Path) -> Result<PathBuf> {
     Ok(std::fs::canonicalize(p)?)
 }
 
-pub fn run(args: MountArgs) -> Result<()> {
+pub fn run(mut args: MountArgs) -> Result<()> {
+    let mountpoint = super::config::apply_mount(&mut args)?;
     if args.daemon_child {
         let key = read_key_from_stdin()?;
-        return serve(&args, key, true);
+        return serve(&args, &mountpoint, key, true);
     }
-    let mnt = check_mountpoint(&args.mountpoint)?;
+    let mnt = check_mountpoint(&mountpoint)?;
     let key = key_source(&args.key, false, false)?;
     if args.foreground {
-        return serve(&args, key, false);
+        return serve(&args, &mountpoint, key, false);
     }
     spawn_daemon(&mnt, key)
 }
@@ -101,6 +102,9 @@ fn spawn_daemon(mnt: &Path, key: KeySource) -> Result<()> {
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     if let Some(log) = line.trim().strip_prefix("READY ") {
+        if super::ui::quiet() {
+            return Ok(());
+        }
         println!(
             "mounted at {} (log: {log})\nstop with: cryptbucket unmount {}",
             mnt.display(),
@@ -136,6 +140,10 @@ pub fn runtime_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("cryptbucket"),
         // SAFETY: getuid cannot fail.
+        _ if unsafe { libc::getuid() } == 0 && Path::new("/run").is_dir() => {
+            PathBuf::from("/run/cryptbucket")
+        }
+        // SAFETY: getuid cannot fail.
         _ => std::env::temp_dir().join(format!("cryptbucket-{}", unsafe { libc::getuid() })),
     }
 }
@@ -148,12 +156,12 @@ pub fn pid_file(mnt: &Path) -> PathBuf {
     runtime_dir().join(format!("{}.pid", &h[..32]))
 }
 
-fn serve(args: &MountArgs, key: KeySource, child: bool) -> Result<()> {
+fn serve(args: &MountArgs, mountpoint: &Path, key: KeySource, child: bool) -> Result<()> {
     if child {
         // SAFETY: detaching from the parent's session has no memory-safety effect.
         unsafe { libc::setsid() };
     }
-    let mnt = check_mountpoint(&args.mountpoint)?;
+    let mnt = check_mountpoint(mountpoint)?;
     let rt = cryptbucket::volume::runtime()?;
     let store = open_store(&rt, &args.store, false)?;
     let vol = cryptbucket::volume::open(rt, store, &key, args.cache_dir.clone())?;
