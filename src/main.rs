@@ -43,6 +43,9 @@ fn main() {
         cli::Command::Init(a) => cli::init::run(a),
         cli::Command::Mount(a) => cli::mount::run(a),
         cli::Command::Unmount(a) => cli::unmount::run(a),
+        cli::Command::Status(a) => cli::status::run(a),
+        cli::Command::Completions(a) => cli::gen::completions(a),
+        cli::Command::Manpage => cli::gen::manpage(),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

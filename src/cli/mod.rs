@@ -1,11 +1,16 @@
 //! Command-line interface: argument types shared by subcommands, store and key resolution.
 
 pub mod config;
+pub mod control;
 pub mod exit;
+pub mod gen;
 pub mod helper;
 pub mod init;
+pub mod metrics;
 pub mod mount;
+pub mod notify;
 pub mod passcmd;
+pub mod status;
 pub mod ui;
 pub mod unmount;
 
@@ -52,6 +57,12 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Flush everything to the store and unmount MOUNTPOINT.
     Unmount(unmount::UnmountArgs),
+    /// Show what live mounts are doing (uploads waiting, last commit, backend requests).
+    Status(status::StatusArgs),
+    /// Print a shell completion script (e.g. `cryptbucket completions bash > /etc/bash_completion.d/cryptbucket`).
+    Completions(gen::CompletionsArgs),
+    /// Print the man page (roff): `cryptbucket manpage > /usr/local/share/man/man1/cryptbucket.1`.
+    Manpage,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -163,8 +163,9 @@ fn serve(args: &MountArgs, mountpoint: &Path, key: KeySource, child: bool) -> Re
     }
     let mnt = check_mountpoint(mountpoint)?;
     let rt = cryptbucket::volume::runtime()?;
-    let store = open_store(&rt, &args.store, false)?;
-    let vol = cryptbucket::volume::open(rt, store, &key, args.cache_dir.clone())?;
+    let counting = super::metrics::CountingStore::new(open_store(&rt, &args.store, false)?);
+    let counters = counting.counters.clone();
+    let vol = cryptbucket::volume::open(rt, Arc::new(counting), &key, args.cache_dir.clone())?;
     drop(key);
     let log_path = vol.cache_dir.join("cryptbucket.log");
     let mut opts = vec![
@@ -188,7 +189,18 @@ fn serve(args: &MountArgs, mountpoint: &Path, key: KeySource, child: bool) -> Re
     let _ = std::fs::remove_file(pidf.with_extension("err"));
     std::fs::write(&pidf, std::process::id().to_string())
         .with_context(|| format!("cannot write {}", pidf.display()))?;
+    let info = super::control::Info {
+        mountpoint: mnt.clone(),
+        store: args.store.store.clone(),
+        volume_id: vol.volume_id.clone(),
+        cache_dir: vol.cache_dir.clone(),
+        log: child.then(|| log_path.clone()),
+    };
+    if let Err(e) = super::control::start(info, vol.vfs.clone(), counters) {
+        tracing::warn!("no status for this mount: {e:#}");
+    }
     tracing::info!("mounted volume {} at {}", vol.volume_id, mnt.display());
+    super::notify::ready(&format!("mounted at {}", mnt.display()));
     if child {
         println!("READY {}", log_path.display());
         std::io::stdout().flush()?;
@@ -225,6 +237,7 @@ fn serve(args: &MountArgs, mountpoint: &Path, key: KeySource, child: bool) -> Re
         }
     }
     drop(session);
+    let _ = std::fs::remove_file(super::control::socket_path(&mnt));
     tracing::info!("unmounted; writing everything to the store");
     let res = flush_with_retries(&vol.vfs);
     match &res {
