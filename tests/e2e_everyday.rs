@@ -142,8 +142,20 @@ fn config_volume_with_passphrase_command_and_status() {
     let before = st["backend"]["bytes_uploaded"].as_u64().unwrap();
 
     // After close and fsync everything is in the store.
+    // The kernel sends RELEASE for a killed process (and for our own close) asynchronously.
+    let wait_closed = || {
+        let start = std::time::Instant::now();
+        loop {
+            let st = status_json(&mnt);
+            if st["open_files"] == 0 || start.elapsed() > std::time::Duration::from_secs(10) {
+                return st;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_closed();
     fs::File::open(&file).unwrap().sync_all().unwrap();
-    let st = status_json(&mnt);
+    let st = wait_closed();
     assert_eq!(st["open_files"], 0, "{st}");
     assert_eq!(st["dirty_bytes"], 0, "{st}");
     assert_eq!(st["uncommitted_changes"], false, "{st}");
