@@ -2,12 +2,29 @@
 
 mod cli;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let subcommands: Vec<String> = cli::Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .chain(["help".to_string()])
+        .collect();
+    if cli::helper::is_helper_call(&argv, &subcommands) {
+        // mount(8) / mount.fuse3 calling convention: becomes `cryptbucket mount ...`.
+        if let Err(e) = cli::helper::run(&argv) {
+            eprintln!("error: {e:#}");
+            std::process::exit(cli::exit::code_for(&e));
+        }
+        return;
+    }
     let args = cli::Cli::parse();
+    cli::config::set_path(args.config.clone());
+    cli::ui::set_quiet(args.quiet);
     let level = match args.verbose {
+        _ if args.quiet => "cryptbucket=warn",
         0 => "cryptbucket=info",
         1 => "cryptbucket=debug",
         _ => "cryptbucket=trace",
@@ -26,10 +43,13 @@ fn main() {
         cli::Command::Init(a) => cli::init::run(a),
         cli::Command::Mount(a) => cli::mount::run(a),
         cli::Command::Unmount(a) => cli::unmount::run(a),
+        cli::Command::Status(a) => cli::status::run(a),
+        cli::Command::Completions(a) => cli::gen::completions(a),
+        cli::Command::Manpage => cli::gen::manpage(),
     };
     if let Err(e) = res {
         eprintln!("error: {}", error_chain(&e));
-        std::process::exit(1);
+        std::process::exit(cli::exit::code_for(&e));
     }
 }
 

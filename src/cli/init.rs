@@ -21,7 +21,9 @@ pub struct InitArgs {
     pub chunk_size: Option<u32>,
 }
 
-pub fn run(args: InitArgs) -> Result<()> {
+pub fn run(mut args: InitArgs) -> Result<()> {
+    let name = args.store.store.clone();
+    super::config::apply(&mut args.store, &mut args.key)?;
     let key = key_source(&args.key, true, true)?;
     let rt = cryptbucket::volume::runtime()?;
     let store = open_store(&rt, &args.store, true)?;
@@ -44,7 +46,7 @@ pub fn run(args: InitArgs) -> Result<()> {
         "created volume {id} in {} (cipher {})\nmount it with: cryptbucket mount {} MOUNTPOINT",
         store.describe(),
         params.cipher,
-        args.store.store
+        name
     );
     Ok(())
 }

@@ -1,7 +1,17 @@
 //! Command-line interface: argument types shared by subcommands, store and key resolution.
 
+pub mod config;
+pub mod control;
+pub mod exit;
+pub mod gen;
+pub mod helper;
 pub mod init;
+pub mod metrics;
 pub mod mount;
+pub mod notify;
+pub mod passcmd;
+pub mod status;
+pub mod ui;
 pub mod unmount;
 
 use std::io::{IsTerminal, Read};
@@ -29,6 +39,12 @@ pub struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Only warnings and errors (no progress or success messages).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Configuration file (default: ~/.config/cryptbucket/config.toml).
+    #[arg(long, global = true, value_name = "FILE", env = "CRYPTBUCKET_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Command,
 }
@@ -41,11 +57,17 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Flush everything to the store and unmount MOUNTPOINT.
     Unmount(unmount::UnmountArgs),
+    /// Show what live mounts are doing (uploads waiting, last commit, backend requests).
+    Status(status::StatusArgs),
+    /// Print a shell completion script (e.g. `cryptbucket completions bash > /etc/bash_completion.d/cryptbucket`).
+    Completions(gen::CompletionsArgs),
+    /// Print the man page (roff): `cryptbucket manpage > /usr/local/share/man/man1/cryptbucket.1`.
+    Manpage,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
-    /// A local directory, or s3://bucket[/prefix].
+    /// A local directory, s3://bucket[/prefix], or the name of a volume in the config file.
     pub store: String,
     /// S3 endpoint URL, for MinIO, Garage or any S3-compatible store.
     #[arg(long, env = "CRYPTBUCKET_ENDPOINT")]
@@ -63,6 +85,9 @@ pub struct KeyArgs {
     /// Use a keyfile instead of a passphrase (init creates it, mode 0600, if missing).
     #[arg(long)]
     pub keyfile: Option<PathBuf>,
+    /// Run CMD (with sh -c) and use the first line it prints as the passphrase.
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["keyfile", "passphrase_file"])]
+    pub passphrase_command: Option<String>,
 }
 
 pub enum StoreLocation {
@@ -171,12 +196,15 @@ pub fn key_source(args: &KeyArgs, confirm: bool, create_keyfile: bool) -> Result
         drop(Zeroizing::new(text));
         return check_pass(pass);
     }
+    if let Some(cmd) = &args.passphrase_command {
+        return check_pass(passcmd::run(cmd)?);
+    }
     if let Ok(p) = std::env::var("CRYPTBUCKET_PASSPHRASE") {
         std::env::remove_var("CRYPTBUCKET_PASSPHRASE");
         return check_pass(Zeroizing::new(p));
     }
     if !std::io::stdin().is_terminal() {
-        bail!("no passphrase: pass --passphrase-file FILE, --keyfile FILE, or set CRYPTBUCKET_PASSPHRASE (no terminal to ask on)");
+        bail!("no passphrase: pass --passphrase-file FILE, --keyfile FILE, --passphrase-command CMD, or set CRYPTBUCKET_PASSPHRASE (no terminal to ask on)");
     }
     let p = Zeroizing::new(rpassword::prompt_password("Passphrase: ")?);
     if confirm {

@@ -27,8 +27,8 @@ const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(20);
 pub struct MountArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// An existing, empty directory.
-    pub mountpoint: PathBuf,
+    /// An existing, empty directory (default: the volume's `mountpoint` in the config file).
+    pub mountpoint: Option<PathBuf>,
     #[command(flatten)]
     pub key: KeyArgs,
     /// Stay in the foreground (logs go to stderr).
@@ -69,15 +69,16 @@ fn check_mountpoint(p: &Path) -> Result<PathBuf> {
     Ok(std::fs::canonicalize(p)?)
 }
 
-pub fn run(args: MountArgs) -> Result<()> {
+pub fn run(mut args: MountArgs) -> Result<()> {
+    let mountpoint = super::config::apply_mount(&mut args)?;
     if args.daemon_child {
         let key = read_key_from_stdin()?;
-        return serve(&args, key, true);
+        return serve(&args, &mountpoint, key, true);
     }
-    let mnt = check_mountpoint(&args.mountpoint)?;
+    let mnt = check_mountpoint(&mountpoint)?;
     let key = key_source(&args.key, false, false)?;
     if args.foreground {
-        return serve(&args, key, false);
+        return serve(&args, &mountpoint, key, false);
     }
     spawn_daemon(&mnt, key)
 }
@@ -106,6 +107,9 @@ fn spawn_daemon(mnt: &Path, key: KeySource) -> Result<()> {
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     if let Some(log) = line.trim().strip_prefix("READY ") {
+        if super::ui::quiet() {
+            return Ok(());
+        }
         println!(
             "mounted at {} (log: {log})\nstop with: cryptbucket unmount {}",
             mnt.display(),
@@ -141,6 +145,10 @@ pub fn runtime_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("cryptbucket"),
         // SAFETY: getuid cannot fail.
+        _ if unsafe { libc::getuid() } == 0 && Path::new("/run").is_dir() => {
+            PathBuf::from("/run/cryptbucket")
+        }
+        // SAFETY: getuid cannot fail.
         _ => std::env::temp_dir().join(format!("cryptbucket-{}", unsafe { libc::getuid() })),
     }
 }
@@ -153,20 +161,21 @@ pub fn pid_file(mnt: &Path) -> PathBuf {
     runtime_dir().join(format!("{}.pid", &h[..32]))
 }
 
-fn serve(args: &MountArgs, key: KeySource, child: bool) -> Result<()> {
+fn serve(args: &MountArgs, mountpoint: &Path, key: KeySource, child: bool) -> Result<()> {
     if child {
         // SAFETY: detaching from the parent's session has no memory-safety effect.
         unsafe { libc::setsid() };
     }
-    let mnt = check_mountpoint(&args.mountpoint)?;
+    let mnt = check_mountpoint(mountpoint)?;
     let rt = cryptbucket::volume::runtime()?;
-    let store = open_store(&rt, &args.store, false)?;
-    let opts = cryptbucket::volume::OpenOptions {
+    let counting = super::metrics::CountingStore::new(open_store(&rt, &args.store, false)?);
+    let counters = counting.counters.clone();
+    let open_opts = cryptbucket::volume::OpenOptions {
         cache_dir: args.cache_dir.clone(),
         break_lease: args.break_lease,
         ..Default::default()
     };
-    let vol = cryptbucket::volume::open_with(rt, store, &key, &opts)?;
+    let vol = cryptbucket::volume::open_with(rt, Arc::new(counting), &key, &open_opts)?;
     drop(key);
     let log_path = vol.cache_dir.join("cryptbucket.log");
     let mut opts = vec![
@@ -190,7 +199,18 @@ fn serve(args: &MountArgs, key: KeySource, child: bool) -> Result<()> {
     let _ = std::fs::remove_file(pidf.with_extension("err"));
     std::fs::write(&pidf, std::process::id().to_string())
         .with_context(|| format!("cannot write {}", pidf.display()))?;
+    let info = super::control::Info {
+        mountpoint: mnt.clone(),
+        store: args.store.store.clone(),
+        volume_id: vol.volume_id.clone(),
+        cache_dir: vol.cache_dir.clone(),
+        log: child.then(|| log_path.clone()),
+    };
+    if let Err(e) = super::control::start(info, vol.vfs.clone(), counters) {
+        tracing::warn!("no status for this mount: {e:#}");
+    }
     tracing::info!("mounted volume {} at {}", vol.volume_id, mnt.display());
+    super::notify::ready(&format!("mounted at {}", mnt.display()));
     if child {
         println!("READY {}", log_path.display());
         std::io::stdout().flush()?;
@@ -234,6 +254,7 @@ fn serve(args: &MountArgs, key: KeySource, child: bool) -> Result<()> {
         }
     }
     drop(session);
+    let _ = std::fs::remove_file(super::control::socket_path(&mnt));
     tracing::info!("unmounted; writing everything to the store");
     let res = flush_with_retries(&vol.vfs);
     match &res {

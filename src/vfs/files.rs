@@ -57,6 +57,10 @@ impl OpenFile {
     pub(super) fn size(&self) -> u64 {
         self.st.lock().size
     }
+
+    pub(super) fn dirty_bytes(&self) -> u64 {
+        self.st.lock().dirty_bytes() as u64
+    }
 }
 
 /// One piece of a read: bytes already in memory, a range of a stored chunk, or a hole.

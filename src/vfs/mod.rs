@@ -5,7 +5,7 @@ mod error;
 mod files;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -108,7 +108,20 @@ pub struct Vfs {
     handles: Mutex<HashMap<u64, Ino>>,
     next_fh: AtomicU64,
     committed_gen: AtomicU64,
+    /// When the last commit reached the store (ns since the epoch; 0 = not yet).
+    last_commit_ns: AtomicI64,
     read_only: bool,
+}
+
+/// Cheap, read-only counters for `cryptbucket status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VfsStats {
+    pub open_files: usize,
+    /// Bytes written but not yet uploaded (dirty chunk buffers of open files).
+    pub dirty_bytes: u64,
+    /// Whether the metadata has changes not yet committed to the store.
+    pub uncommitted: bool,
+    pub last_commit_ns: Option<i64>,
 }
 
 impl Vfs {
@@ -126,6 +139,7 @@ impl Vfs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             committed_gen: AtomicU64::new(u64::MAX),
+            last_commit_ns: AtomicI64::new(0),
             read_only,
         };
         // Files unlinked while open when the daemon last stopped.
@@ -505,6 +519,7 @@ impl Vfs {
         }
         let dead = self.remote.commit(&self.meta)?;
         self.committed_gen.store(gen, Ordering::SeqCst);
+        self.last_commit_ns.store(now_ns(), Ordering::SeqCst);
         if !dead.is_empty() {
             match self.data.delete_many(&dead) {
                 Ok(()) => self.meta.forget_dead(&dead)?,
@@ -531,5 +546,16 @@ impl Vfs {
     /// Called once when the filesystem is unmounted: everything reaches the store.
     pub fn shutdown(&self) -> Result<()> {
         self.sync_all()
+    }
+
+    pub fn stats(&self) -> VfsStats {
+        let files: Vec<Arc<OpenFile>> = self.open.lock().values().cloned().collect();
+        let last = self.last_commit_ns.load(Ordering::SeqCst);
+        VfsStats {
+            open_files: self.handles.lock().len(),
+            dirty_bytes: files.iter().map(|f| f.dirty_bytes()).sum(),
+            uncommitted: self.meta.generation() != self.committed_gen.load(Ordering::SeqCst),
+            last_commit_ns: (last != 0).then_some(last),
+        }
     }
 }

@@ -377,6 +377,21 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// Guard a mount made some other way (mount(8), a config file), so a failing test still
+    /// detaches it.
+    pub fn adopt(path: &Path, cache: &Path) -> Mount {
+        Mount {
+            path: path.to_path_buf(),
+            cache: cache.to_path_buf(),
+            live: true,
+        }
+    }
+
+    /// The mount was taken down some other way (umount(8)).
+    pub fn forget(mut self) {
+        self.live = false;
+    }
+
     /// The daemon's log file (background mode writes `<cache-dir>/cryptbucket.log`).
     pub fn log_path(&self) -> PathBuf {
         self.cache.join("cryptbucket.log")

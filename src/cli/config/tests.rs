@@ -1,0 +1,187 @@
+//! Config parsing: every option round-trips, errors name the key and the line, the command
+//! line wins over the file, and docs/CONFIGURATION.md lists every option.
+
+use super::*;
+
+fn full(store: &str) -> VolumeConfig {
+    VolumeConfig {
+        store: store.into(),
+        endpoint: Some("http://127.0.0.1:9000".into()),
+        region: Some("eu-west-3".into()),
+        profile: Some("backup".into()),
+        cache_dir: Some("/var/cache/cb/photos".into()),
+        mountpoint: Some("/mnt/photos".into()),
+        keyfile: Some("/etc/cryptbucket/photos.key".into()),
+        passphrase_file: None,
+        passphrase_command: None,
+        allow_other: true,
+    }
+}
+
+fn parse(text: &str) -> Result<Config> {
+    Config::parse(text, Path::new("/etc/cryptbucket/config.toml"))
+}
+
+fn err(text: &str) -> String {
+    format!("{:#}", parse(text).expect_err("should be refused"))
+}
+
+#[test]
+fn every_option_round_trips() {
+    let mut cfg = Config::default();
+    cfg.volumes
+        .insert("photos".into(), full("s3://bucket/photos"));
+    let mut other = full("/srv/vault");
+    other.keyfile = None;
+    other.passphrase_command = Some("pass show cryptbucket/vault".into());
+    other.allow_other = false;
+    cfg.volumes.insert("vault".into(), other);
+    let mut third = VolumeConfig {
+        store: "/srv/third".into(),
+        ..Default::default()
+    };
+    third.passphrase_file = Some("/root/pass.txt".into());
+    cfg.volumes.insert("third".into(), third);
+
+    let text = toml::to_string(&cfg).expect("serialize");
+    let back = parse(&text).expect("parse what we wrote");
+    assert_eq!(back, cfg, "round trip through:\n{text}");
+    for key in all_keys() {
+        assert!(
+            text.contains(&format!("\n{key} = ")),
+            "{key} missing from:\n{text}"
+        );
+    }
+}
+
+/// Every key a volume table can hold, from a value with every field set.
+fn all_keys() -> Vec<String> {
+    let mut v = full("x");
+    v.passphrase_file = Some("/p".into());
+    v.passphrase_command = Some("c".into());
+    let t: toml::Table = toml::Table::try_from(&v).expect("to table");
+    t.keys().cloned().collect()
+}
+
+#[test]
+fn unknown_keys_name_the_key_and_the_line() {
+    let e = err("[volumes.a]\nstore = \"/srv/a\"\n\nendpiont = \"http://x\"\n");
+    assert!(e.contains("endpiont"), "{e}");
+    assert!(e.contains("line 4"), "{e}");
+    assert!(e.contains("/etc/cryptbucket/config.toml"), "{e}");
+
+    let e = err("# top\n[volume.a]\nstore = \"/srv/a\"\n");
+    assert!(e.contains("volume") && e.contains("line 2"), "{e}");
+
+    let e = err("[volumes.a]\nstore = \"/srv/a\"\nallow_other = \"yes\"\n");
+    assert!(e.contains("line 3") && e.contains("allow_other"), "{e}");
+
+    let e = err("[volumes.a]\nendpoint = \"http://x\"\n");
+    assert!(e.contains("store"), "missing store must be named: {e}");
+}
+
+#[test]
+fn two_key_sources_are_refused() {
+    let e = err("[volumes.a]\nstore = \"/srv/a\"\nkeyfile = \"/k\"\npassphrase_file = \"/p\"\n");
+    assert!(e.contains("more than one") && e.contains("`a`"), "{e}");
+}
+
+#[test]
+fn relative_and_home_paths() {
+    let cfg = parse(
+        "[volumes.a]\nstore = \"vaults/a\"\nkeyfile = \"a.key\"\ncache_dir = \"~/c\"\n\
+         [volumes.b]\nstore = \"s3://b/p\"\n",
+    )
+    .expect("parse");
+    let a = &cfg.volumes["a"];
+    assert_eq!(a.store, "/etc/cryptbucket/vaults/a");
+    assert_eq!(
+        a.keyfile.as_deref(),
+        Some(Path::new("/etc/cryptbucket/a.key"))
+    );
+    let home = dirs::home_dir().expect("home");
+    assert_eq!(a.cache_dir.as_deref(), Some(home.join("c").as_path()));
+    assert_eq!(cfg.volumes["b"].store, "s3://b/p");
+}
+
+fn cli_args() -> (StoreArgs, KeyArgs) {
+    (
+        StoreArgs {
+            store: "photos".into(),
+            endpoint: None,
+            region: None,
+        },
+        KeyArgs {
+            passphrase_file: None,
+            keyfile: None,
+            passphrase_command: None,
+        },
+    )
+}
+
+#[test]
+fn the_file_fills_in_what_the_command_line_left_out() {
+    let v = full("s3://bucket/photos");
+    let (mut s, mut k) = cli_args();
+    let applied = merge(&v, &mut s, &mut k, false);
+    assert_eq!(s.store, "s3://bucket/photos");
+    assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+    assert_eq!(s.region.as_deref(), Some("eu-west-3"));
+    assert_eq!(k.keyfile, v.keyfile);
+    assert_eq!(applied.cache_dir, v.cache_dir);
+    assert_eq!(applied.mountpoint, v.mountpoint);
+    assert!(applied.allow_other);
+    assert_eq!(applied.profile.as_deref(), Some("backup"));
+}
+
+#[test]
+fn command_line_flags_win() {
+    let v = full("s3://bucket/photos");
+    let (mut s, mut k) = cli_args();
+    s.endpoint = Some("http://other:9000".into());
+    s.region = Some("us-east-1".into());
+    k.passphrase_file = Some("/tmp/p".into());
+    merge(&v, &mut s, &mut k, false);
+    assert_eq!(s.endpoint.as_deref(), Some("http://other:9000"));
+    assert_eq!(s.region.as_deref(), Some("us-east-1"));
+    assert_eq!(k.passphrase_file.as_deref(), Some(Path::new("/tmp/p")));
+    assert_eq!(
+        k.keyfile, None,
+        "the file's keyfile must not add a second key source"
+    );
+
+    // CRYPTBUCKET_PASSPHRASE also overrides the file's key source.
+    let (mut s, mut k) = cli_args();
+    merge(&v, &mut s, &mut k, true);
+    assert_eq!(k.keyfile, None);
+}
+
+#[test]
+fn names_versus_paths() {
+    assert!(looks_like_name("photos"));
+    assert!(!looks_like_name("./photos"));
+    assert!(!looks_like_name("/srv/photos"));
+    assert!(!looks_like_name("s3://b"));
+    assert!(!looks_like_name("."));
+}
+
+#[test]
+fn configuration_md_lists_every_option_once_with_a_default() {
+    let doc = include_str!("../../../docs/CONFIGURATION.md");
+    for key in all_keys() {
+        let rows: Vec<&str> = doc
+            .lines()
+            .filter(|l| l.starts_with(&format!("| `{key}` |")))
+            .collect();
+        assert_eq!(
+            rows.len(),
+            1,
+            "docs/CONFIGURATION.md must have one table row for `{key}`"
+        );
+        assert!(
+            rows[0].split('|').filter(|c| !c.trim().is_empty()).count() >= 3,
+            "row for `{key}` needs a default and a meaning: {}",
+            rows[0]
+        );
+    }
+}

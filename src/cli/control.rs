@@ -1,0 +1,171 @@
+//! The control socket of a live mount: a Unix socket next to the daemon's pid file that
+//! answers `status` with one JSON object, for `cryptbucket status`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use cryptbucket::vfs::Vfs;
+
+use super::metrics::{CounterSnapshot, Counters};
+use super::mount::pid_file;
+
+/// The socket of the mount at `mnt` (a canonical path).
+pub fn socket_path(mnt: &Path) -> PathBuf {
+    pid_file(mnt).with_extension("sock")
+}
+
+/// What does not change while mounted.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub mountpoint: PathBuf,
+    pub store: String,
+    pub volume_id: String,
+    pub cache_dir: PathBuf,
+    pub log: Option<PathBuf>,
+}
+
+/// The answer to `status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub mountpoint: PathBuf,
+    pub store: String,
+    pub volume_id: String,
+    pub pid: u32,
+    pub cache_dir: PathBuf,
+    pub log: Option<PathBuf>,
+    /// Seconds since the epoch.
+    pub started: u64,
+    pub uptime_secs: u64,
+    pub open_files: usize,
+    /// Bytes written to open files and not yet uploaded.
+    pub dirty_bytes: u64,
+    /// Metadata changes not yet committed to the store.
+    pub uncommitted_changes: bool,
+    /// Seconds since the epoch of the last commit that reached the store (None: not yet).
+    pub last_commit: Option<f64>,
+    pub backend: BackendStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackendStatus {
+    pub requests: u64,
+    pub errors: u64,
+    pub bytes_uploaded: u64,
+    pub bytes_downloaded: u64,
+    pub uploads_in_flight: u64,
+}
+
+impl From<CounterSnapshot> for BackendStatus {
+    fn from(c: CounterSnapshot) -> Self {
+        BackendStatus {
+            requests: c.requests,
+            errors: c.errors,
+            bytes_uploaded: c.bytes_uploaded,
+            bytes_downloaded: c.bytes_downloaded,
+            uploads_in_flight: c.uploads_in_flight,
+        }
+    }
+}
+
+struct Server {
+    info: Info,
+    vfs: Arc<Vfs>,
+    counters: Arc<Counters>,
+    started: SystemTime,
+    since: Instant,
+}
+
+impl Server {
+    fn status(&self) -> Status {
+        let s = self.vfs.stats();
+        Status {
+            mountpoint: self.info.mountpoint.clone(),
+            store: self.info.store.clone(),
+            volume_id: self.info.volume_id.clone(),
+            pid: std::process::id(),
+            cache_dir: self.info.cache_dir.clone(),
+            log: self.info.log.clone(),
+            started: self
+                .started
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            uptime_secs: self.since.elapsed().as_secs(),
+            open_files: s.open_files,
+            dirty_bytes: s.dirty_bytes,
+            uncommitted_changes: s.uncommitted,
+            last_commit: s.last_commit_ns.map(|ns| ns as f64 / 1e9),
+            backend: self.counters.snapshot().into(),
+        }
+    }
+
+    fn answer(&self, stream: UnixStream) -> std::io::Result<()> {
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+        let mut line = String::new();
+        BufReader::new(stream.try_clone()?)
+            .take(256)
+            .read_line(&mut line)?;
+        let mut out = stream;
+        let reply = match line.trim() {
+            "status" => serde_json::to_string(&self.status()).map_err(std::io::Error::other)?,
+            other => format!("{{\"error\":\"unknown request {:?}\"}}", other),
+        };
+        out.write_all(reply.as_bytes())?;
+        out.write_all(b"\n")
+    }
+}
+
+/// Listen on the mount's control socket in a background thread.
+pub fn start(info: Info, vfs: Arc<Vfs>, counters: Arc<Counters>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(&info.mountpoint);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot create control socket {}", path.display()))?;
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    let server = Server {
+        info,
+        vfs,
+        counters,
+        started: SystemTime::now(),
+        since: Instant::now(),
+    };
+    std::thread::Builder::new()
+        .name("cb-control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(s) => {
+                        if let Err(e) = server.answer(s) {
+                            tracing::debug!("control socket: {e}");
+                        }
+                    }
+                    Err(e) => tracing::debug!("control socket accept: {e}"),
+                }
+            }
+        })
+        .context("cannot start the control thread")?;
+    Ok(())
+}
+
+/// Ask the mount listening on `sock` for its status.
+pub fn query(sock: &Path) -> Result<Status> {
+    let mut s = UnixStream::connect(sock)
+        .with_context(|| format!("cannot reach the mount's control socket {}", sock.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"status\n")?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .context("no answer on the control socket")?;
+    if reply.trim().is_empty() {
+        bail!("empty answer on the control socket {}", sock.display());
+    }
+    serde_json::from_str(reply.trim()).context("unreadable answer on the control socket")
+}

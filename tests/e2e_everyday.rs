@@ -1,0 +1,338 @@
+//! End-to-end tests of everyday use: a volume named in a config file with a passphrase
+//! command, `status --json` on a live mount (while data waits and after it is committed),
+//! config errors and exit codes, `mount -t fuse.cryptbucket` and an fstab line, completions
+//! and the man page.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const PASS: &str = "everyday passphrase";
+
+fn status_json(mnt: &Path) -> serde_json::Value {
+    let o = run(cb().args(["status", "--json"]).arg(mnt), CMD_TIMEOUT);
+    o.assert_ok();
+    serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("status --json: {e}: {o}"))
+}
+
+fn write_config(path: &Path, text: &str) {
+    fs::write(path, text).expect("write config");
+}
+
+#[test]
+fn config_volume_with_passphrase_command_and_status() {
+    require_fuse!("config_volume_with_passphrase_command_and_status");
+    let _lock = heavy_lock();
+    let work = tempdir();
+    let w = work.path();
+    let cfg = w.join("config.toml");
+    let mnt = w.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    fs::write(w.join("pass.txt"), format!("{PASS}\n")).unwrap();
+    // Relative paths are relative to the config file's directory.
+    write_config(
+        &cfg,
+        &format!(
+            "[volumes.vault]\nstore = \"store\"\ncache_dir = \"cache\"\nmountpoint = \"mnt\"\n\
+             passphrase_command = \"cat {}\"\n",
+            w.join("pass.txt").display()
+        ),
+    );
+    let cbc = || {
+        let mut c = cb();
+        c.env("CRYPTBUCKET_CONFIG", &cfg).current_dir(w);
+        c
+    };
+    let o = run(cbc().args(["init", "vault"]), CMD_TIMEOUT);
+    o.assert_ok();
+    assert!(
+        w.join("store/cryptbucket.json").is_file(),
+        "init used the config's store: {o}"
+    );
+
+    // The passphrase really is checked: a command printing another one is refused.
+    let wrong = w.join("wrong.toml");
+    write_config(
+        &wrong,
+        &format!(
+            "[volumes.vault]\nstore = \"{}\"\ncache_dir = \"{}\"\npassphrase_command = \"echo nope\"\n",
+            w.join("store").display(),
+            w.join("cache-wrong").display()
+        ),
+    );
+    let o = run(
+        cb().arg("--config")
+            .arg(&wrong)
+            .args(["mount", "vault"])
+            .arg(&mnt),
+        CMD_TIMEOUT,
+    );
+    o.assert_clean_failure()
+        .assert_stderr_mentions(&["wrong passphrase"]);
+    assert_eq!(o.status.code(), Some(1), "{o}");
+
+    // A failing passphrase command is a clear error.
+    write_config(
+        &wrong,
+        &format!(
+            "[volumes.vault]\nstore = \"{}\"\npassphrase_command = \"exit 7\"\n",
+            w.join("store").display()
+        ),
+    );
+    let o = run(
+        cb().arg("--config")
+            .arg(&wrong)
+            .args(["mount", "vault"])
+            .arg(&mnt),
+        CMD_TIMEOUT,
+    );
+    o.assert_clean_failure()
+        .assert_stderr_mentions(&["exit code 7"]);
+
+    // Mount by name: mountpoint and cache dir from the file.
+    let o = run(cbc().args(["mount", "vault"]), CMD_TIMEOUT);
+    let m = Mount::adopt(&mnt, &w.join("cache"));
+    o.assert_ok();
+    assert!(is_mounted(&mnt), "{o}");
+
+    // Data waiting: a file held open by another process with 300 KiB written. (Not by this
+    // process: every child it spawns would close an inherited copy of the descriptor, and a
+    // FUSE close flushes.)
+    let file = mnt.join("pending.bin");
+    let mut writer = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import os,sys,time\n\
+             fd=os.open(sys.argv[1], os.O_WRONLY|os.O_CREAT, 0o644)\n\
+             os.write(fd, os.urandom(300*1024))\n\
+             print('written', flush=True)\n\
+             time.sleep(120)",
+        )
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(writer.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "written");
+    let st = status_json(&mnt);
+    let _ = writer.kill();
+    let _ = writer.wait();
+    assert_eq!(
+        st["mountpoint"],
+        mnt.canonicalize().unwrap().to_str().unwrap()
+    );
+    assert_eq!(st["open_files"], 1, "{st}");
+    assert!(
+        st["dirty_bytes"].as_u64().unwrap() >= 300 * KIB as u64,
+        "{st}"
+    );
+    assert_eq!(st["uncommitted_changes"], true, "{st}");
+    assert!(st["last_commit"].is_null(), "{st}");
+    assert_eq!(st["volume_id"].as_str().unwrap().len(), 32, "{st}");
+    let before = st["backend"]["bytes_uploaded"].as_u64().unwrap();
+
+    // After close and fsync everything is in the store.
+    // The kernel sends RELEASE for a killed process (and for our own close) asynchronously.
+    let wait_closed = || {
+        let start = std::time::Instant::now();
+        loop {
+            let st = status_json(&mnt);
+            if st["open_files"] == 0 || start.elapsed() > std::time::Duration::from_secs(10) {
+                return st;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_closed();
+    fs::File::open(&file).unwrap().sync_all().unwrap();
+    let st = wait_closed();
+    assert_eq!(st["open_files"], 0, "{st}");
+    assert_eq!(st["dirty_bytes"], 0, "{st}");
+    assert_eq!(st["uncommitted_changes"], false, "{st}");
+    assert!(st["last_commit"].as_f64().is_some(), "{st}");
+    assert!(
+        st["backend"]["bytes_uploaded"].as_u64().unwrap() >= before + 300 * KIB as u64,
+        "{st}"
+    );
+    assert_eq!(st["backend"]["errors"], 0, "{st}");
+    assert_eq!(fs::metadata(&file).unwrap().len(), 300 * KIB as u64);
+
+    // Without a mountpoint: every live mount, as an array; human output names the mount.
+    let o = run(cb().args(["status", "--json"]), CMD_TIMEOUT);
+    o.assert_ok();
+    let all: serde_json::Value = serde_json::from_str(&o.stdout).expect("json array");
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["pid"] == st["pid"]),
+        "{o}"
+    );
+    let o = run(cb().arg("status").arg(&mnt), CMD_TIMEOUT);
+    o.assert_ok();
+    assert!(
+        o.stdout.contains("waiting to upload") && o.stdout.contains("last commit"),
+        "{o}"
+    );
+
+    m.unmount();
+    let o = run(cb().arg("status").arg(&mnt), CMD_TIMEOUT);
+    o.assert_clean_failure();
+    assert_eq!(o.status.code(), Some(1), "{o}");
+}
+
+#[test]
+fn config_errors_are_usage_errors_naming_key_and_line() {
+    let work = tempdir();
+    let cfg = work.path().join("c.toml");
+    write_config(&cfg, "[volumes.a]\nstore = \"/srv/a\"\nkeyfiel = \"/k\"\n");
+    let o = run(
+        cb().arg("--config").arg(&cfg).args(["mount", "a", "/tmp"]),
+        CMD_TIMEOUT,
+    );
+    o.assert_clean_failure()
+        .assert_stderr_mentions(&["keyfiel"]);
+    assert!(o.stderr.contains("line 3"), "{o}");
+    assert_eq!(o.status.code(), Some(2), "{o}");
+
+    write_config(&cfg, "[volumes.a]\nstore = \"/srv/a\"\n");
+    let o = run(
+        cb().arg("--config")
+            .arg(&cfg)
+            .current_dir(work.path())
+            .args(["init", "nosuch"]),
+        CMD_TIMEOUT,
+    );
+    o.assert_clean_failure()
+        .assert_stderr_mentions(&["no volume named `nosuch`"]);
+    assert_eq!(o.status.code(), Some(2), "{o}");
+
+    let o = run(
+        cb().arg("--config")
+            .arg(work.path().join("missing.toml"))
+            .args(["mount", "a", "/tmp"]),
+        CMD_TIMEOUT,
+    );
+    assert_eq!(o.status.code(), Some(2), "{o}");
+    o.assert_stderr_mentions(&["cannot read config file"]);
+
+    // Usage errors from clap are 2 as well.
+    let o = run(cb().args(["mount", "--no-such-flag"]), CMD_TIMEOUT);
+    assert_eq!(o.status.code(), Some(2), "{o}");
+}
+
+/// Runs inside a private mount namespace, where a bind mount puts our binary at
+/// /usr/local/bin/cryptbucket: mount(8) resets PATH to a fixed list before it runs
+/// /sbin/mount.fuse (mount.fuse3), which runs `cryptbucket SOURCE MNT -o OPTS` through sh.
+const MOUNT_SCRIPT: &str = r#"
+set -eu
+trap 'fusermount3 -uz "$MNT" 2>/dev/null || true' EXIT
+mount --bind "$BINDIR" /usr/local/bin
+echo "== mount -t fuse.cryptbucket"
+mount -t fuse.cryptbucket "$STORE" "$MNT" -o "keyfile=$KEY,cache_dir=$W/cache1,_netdev,nofail,x-systemd.automount,noatime"
+awk -v m="$MNT" '$2 == m { print $3 }' /proc/self/mounts > "$W/fstype"
+head -c 70000 /dev/urandom > "$W/data"
+cp "$W/data" "$MNT/f"
+cryptbucket status --json "$MNT" > "$W/status.json"
+pid=$(sed -n 's/^ *"pid": \([0-9]*\),*$/\1/p' "$W/status.json")
+echo "== umount (daemon $pid uploads, then exits)"
+umount "$MNT"
+while kill -0 "$pid" 2>/dev/null && ! grep -q ') Z ' "/proc/$pid/stat" 2>/dev/null; do sleep 0.05; done
+echo "== mount -T fstab"
+printf '%s %s fuse.cryptbucket keyfile=%s,cache_dir=%s,_netdev,nofail,x-systemd.automount 0 0\n' \
+    "$STORE" "$MNT" "$KEY" "$W/cache2" > "$W/fstab"
+mount -T "$W/fstab" "$MNT"
+cmp "$W/data" "$MNT/f"
+cryptbucket unmount "$MNT"
+echo "== bad option"
+if mount -t fuse.cryptbucket "$STORE" "$MNT" -o bogus_option 2> "$W/bad.err"; then
+    echo "bogus_option was accepted" >&2; exit 1
+fi
+cat "$W/bad.err" >&2
+echo DONE
+"#;
+
+#[test]
+fn mount_t_fuse_cryptbucket_and_fstab_line() {
+    require_fuse!("mount_t_fuse_cryptbucket_and_fstab_line");
+    // SAFETY: getuid cannot fail.
+    let root = unsafe { libc::getuid() } == 0;
+    if !root || !have_tool("unshare") || !Path::new("/sbin/mount.fuse3").exists() {
+        note_skip(
+            "mount_t_fuse_cryptbucket_and_fstab_line",
+            "needs root, unshare(1) and mount.fuse3 (fuse3)",
+        );
+        return;
+    }
+    let _lock = heavy_lock();
+    let work = tempdir();
+    let w = work.path();
+    let store = w.join("store");
+    let key = w.join("vol.key");
+    Volume::local(&store, Key::Keyfile(key.clone())).init();
+    let bindir = w.join("bin");
+    fs::create_dir(&bindir).unwrap();
+    std::os::unix::fs::symlink(bin(), bindir.join("cryptbucket")).unwrap();
+    let mnt = w.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let o = run(
+        Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                MOUNT_SCRIPT,
+            ])
+            .env("W", w)
+            .env("STORE", &store)
+            .env("MNT", &mnt)
+            .env("KEY", &key)
+            .env("BINDIR", &bindir),
+        CMD_TIMEOUT,
+    );
+    assert!(o.ok() && o.stdout.contains("DONE"), "{o}");
+    // Mounted directly by root, fuser reports the kernel type `fuse` (through fusermount3 it
+    // is `fuse.cryptbucket`); either way it is our FUSE mount and it was found via the helper.
+    let fstype = fs::read_to_string(w.join("fstype")).unwrap();
+    assert!(fstype.trim().starts_with("fuse"), "{fstype:?} {o}");
+    assert!(o.stderr.contains("bogus_option"), "{o}");
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn completions_and_man_page() {
+    let o = run(cb().args(["completions", "bash"]), CMD_TIMEOUT);
+    o.assert_ok();
+    assert!(
+        o.stdout.contains("cryptbucket") && o.stdout.contains("--passphrase-command"),
+        "{o}"
+    );
+    let o = run(cb().args(["completions", "zsh"]), CMD_TIMEOUT);
+    o.assert_ok();
+    assert!(o.stdout.contains("#compdef cryptbucket"), "{o}");
+    let o = run(cb().arg("manpage"), CMD_TIMEOUT);
+    o.assert_ok();
+    assert!(
+        o.stdout.starts_with(".ie") || o.stdout.contains(".TH cryptbucket"),
+        "{o}"
+    );
+    for word in [
+        "CRYPTBUCKET MOUNT",
+        "CRYPTBUCKET STATUS",
+        "passphrase\\-command",
+    ] {
+        assert!(o.stdout.contains(word), "man page lacks {word}");
+    }
+}
