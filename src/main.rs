@@ -26,6 +26,8 @@ fn main() {
         cli::Command::Init(a) => cli::init::run(a),
         cli::Command::Mount(a) => cli::mount::run(a),
         cli::Command::Unmount(a) => cli::unmount::run(a),
+        cli::Command::Key(a) => cli::key::run(a),
+        cli::Command::Passwd(a) => cli::passwd::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");
