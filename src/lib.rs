@@ -2,6 +2,7 @@
 //!
 //! Layers, top to bottom: fuse -> vfs -> (meta, data) -> crypto -> backend.
 
+pub mod admin;
 pub mod backend;
 pub mod crypto;
 pub mod data;

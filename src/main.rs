@@ -46,6 +46,8 @@ fn main() {
         cli::Command::Status(a) => cli::status::run(a),
         cli::Command::Completions(a) => cli::gen::completions(a),
         cli::Command::Manpage => cli::gen::manpage(),
+        cli::Command::Key(a) => cli::key::run(a),
+        cli::Command::Passwd(a) => cli::passwd::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {}", error_chain(&e));

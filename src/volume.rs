@@ -44,6 +44,8 @@ pub enum VolumeError {
     Local(PathBuf, std::io::Error),
     #[error("the cache directory {0} is in use by another cryptbucket mount")]
     CacheBusy(PathBuf),
+    #[error("the volume header in {0} changed while this command was editing it (another `key` or `passwd` command?); nothing was written: run the command again")]
+    HeaderChanged(String),
 }
 
 pub type Result<T> = std::result::Result<T, VolumeError>;
@@ -103,6 +105,18 @@ pub fn create(
     source: &KeySource,
     kdf: Argon2Params,
 ) -> Result<String> {
+    create_with_ext(rt, store, params, source, kdf, serde_json::Map::new())
+}
+
+/// [`create`] with authenticated extension settings in the header (e.g. the SSE mode).
+pub fn create_with_ext(
+    rt: &tokio::runtime::Runtime,
+    store: Arc<dyn ObjectStore>,
+    params: VolumeParams,
+    source: &KeySource,
+    kdf: Argon2Params,
+    ext: serde_json::Map<String, serde_json::Value>,
+) -> Result<String> {
     let desc = store.describe();
     let st = |e| VolumeError::Store(desc.clone(), e);
     for key in [HEADER_KEY, HEADER_BACKUP_KEY] {
@@ -112,7 +126,7 @@ pub fn create(
             Err(e) => return Err(st(e)),
         }
     }
-    let (header, keys) = crypto::create_header(params, source, kdf)?;
+    let (header, keys) = crypto::create_header_with_ext(params, source, kdf, ext)?;
     match rt.block_on(store.put(HEADER_KEY, Bytes::from(header.clone()), PutMode::Create)) {
         Ok(_) => {}
         Err(BackendError::PreconditionFailed(_)) => return Err(VolumeError::AlreadyExists(desc)),
@@ -149,6 +163,31 @@ fn read_header(rt: &tokio::runtime::Runtime, store: &Arc<dyn ObjectStore>) -> Re
     }
 }
 
+/// The extension settings of the volume in `store` (e.g. its SSE mode), read without a key
+/// and so not yet authenticated: opening the volume later checks the header MAC, which
+/// covers them. `None` when the store holds no volume.
+pub async fn peek_ext(
+    store: &dyn ObjectStore,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
+    let desc = store.describe();
+    let mut bytes = None;
+    for key in [HEADER_KEY, HEADER_BACKUP_KEY] {
+        match store.get(key, None).await {
+            Ok(b) => {
+                bytes = Some(b);
+                break;
+            }
+            Err(BackendError::NotFound(_)) => {}
+            Err(e) => return Err(VolumeError::Store(desc, e)),
+        }
+    }
+    let Some(bytes) = bytes else {
+        return Ok(None);
+    };
+    let header = crypto::Header::parse(&bytes).map_err(|e| header_error(&desc, &bytes, e))?;
+    Ok(Some(header.ext().clone()))
+}
+
 /// Unlock the volume's keys with `source`.
 pub fn unlock(
     rt: &tokio::runtime::Runtime,
@@ -157,17 +196,25 @@ pub fn unlock(
 ) -> Result<VolumeKeys> {
     let desc = store.describe();
     let header = read_header(rt, store)?;
-    match crypto::open_header(&header, source) {
-        Ok(k) => Ok(k),
-        Err(CryptoError::WrongKey) => {
-            let slots = crypto::peek_header(&header)
+    crypto::open_header(&header, source).map_err(|e| header_error(&desc, &header, e))
+}
+
+/// The volume-level error for a failure to open `header` (read from store `desc`).
+pub(crate) fn header_error(desc: &str, header: &[u8], e: CryptoError) -> VolumeError {
+    match e {
+        CryptoError::WrongKey => {
+            let slots = crypto::peek_header(header)
                 .map(|h| h.slot_kinds.join(", "))
                 .unwrap_or_else(|_| "unknown".into());
-            Err(VolumeError::WrongKey { store: desc, slots })
+            VolumeError::WrongKey {
+                store: desc.to_string(),
+                slots,
+            }
         }
-        Err(CryptoError::Tampered(what)) => Err(VolumeError::BadHeader(desc, what)),
-        Err(CryptoError::Format(what)) => Err(VolumeError::BadHeader(desc, what)),
-        Err(e) => Err(e.into()),
+        CryptoError::Tampered(what) | CryptoError::Format(what) => {
+            VolumeError::BadHeader(desc.to_string(), what)
+        }
+        e => e.into(),
     }
 }
 
@@ -266,14 +313,15 @@ pub fn open_with(
             store.describe()
         ))
     })?;
-    match remote.classify(&meta, &head, &hash)? {
-        LocalState::Current => {}
+    let loaded = match remote.classify(&meta, &head, &hash)? {
+        LocalState::Current => false,
         LocalState::Missing => {
             tracing::info!(
                 "no local metadata in {}: loading it from the store (rollback protection starts from what the store says)",
                 cache_dir.display()
             );
             remote.load_into(&meta, &head, &hash)?;
+            true
         }
         LocalState::Behind => {
             tracing::info!(
@@ -281,15 +329,17 @@ pub fn open_with(
                 head.seq
             );
             remote.load_into(&meta, &head, &hash)?;
+            true
         }
-    }
+    };
     let data = Arc::new(ChunkStore::new(
         store,
         keys,
         rt.handle().clone(),
         BLOCK_CACHE_BYTES,
     ));
-    let vfs = Arc::new(Vfs::new(meta, data, remote, false)?);
+    // Freshly loaded metadata equals the store's head: nothing to commit until it changes.
+    let vfs = Arc::new(Vfs::new(meta, data, remote, false, loaded)?);
     Ok(Volume {
         vfs,
         lease,

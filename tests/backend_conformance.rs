@@ -385,7 +385,9 @@ fn unique(prefix: &str) -> String {
 
 async fn fresh_bucket(endpoint: &str) -> String {
     let bucket = unique("cb-test");
-    let client = make_client(&S3Config::new(&bucket, Some(endpoint.to_string()))).await;
+    let client = make_client(&S3Config::new(&bucket, Some(endpoint.to_string())))
+        .await
+        .unwrap();
     client.create_bucket().bucket(&bucket).send().await.unwrap();
     bucket
 }

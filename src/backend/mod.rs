@@ -7,6 +7,8 @@ pub mod local;
 pub mod memory;
 pub mod retry;
 pub mod s3;
+pub mod sse;
+pub mod tls;
 
 use std::fmt::Debug;
 use std::ops::Range;

@@ -9,8 +9,12 @@
 //! - Timeouts are bounded (connect 5 s, each attempt 30 s) and the SDK's own retries are
 //!   off: `RetryStore` owns retrying, so an unreachable endpoint fails in seconds.
 //! - `AWS_CA_BUNDLE`: the Rust SDK (aws-config 1.x) does not read this variable at all,
-//!   so the value these machines set does not break plain-http endpoints. A custom CA for
-//!   https endpoints is the caller's business (a custom HTTP client), not handled here.
+//!   so the value these machines set does not break plain-http endpoints. A private CA for
+//!   https endpoints is `S3Config::ca_bundle` (`--ca-bundle`); see [`super::tls`].
+//! - Plain `http://` is refused for non-loopback endpoints unless `allow_insecure_http`.
+//! - Server-side encryption ([`super::sse`]): SSE-S3/KMS/DSSE headers on every PUT; SSE-C
+//!   headers on every PUT, GET and HEAD, except for the keys in `sse_c_exempt` (the volume
+//!   header, which must be readable to learn that the volume uses SSE-C).
 //! - Credentials that cannot be loaded are reported as such (not as "cannot reach
 //!   endpoint", which is how the SDK surfaces them): `AccessDenied` when none are
 //!   configured, `Transient` when a provider (IMDS, STS, SSO) failed or timed out.
@@ -19,6 +23,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,10 +35,13 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ServerSideEncryption;
 use aws_sdk_s3::Client;
+use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
 use bytes::Bytes;
 
 use super::memory::resolve_range;
+use super::sse::{SseCustomerKey, SseMode};
 use super::{BackendError, ObjectMeta, ObjectStore, PutMode, Result};
 
 /// How to reach a bucket.
@@ -51,6 +59,18 @@ pub struct S3Config {
     pub connect_timeout: Duration,
     /// Limit for one attempt of one request (including reading its body).
     pub operation_timeout: Duration,
+    /// PEM certificates to trust instead of the platform's roots (private CA).
+    pub ca_bundle: Option<Vec<u8>>,
+    /// Allow `http://` to a host that is not this machine (a warning is logged).
+    pub allow_insecure_http: bool,
+    /// Server-side encryption of the objects written (and, for SSE-C, read).
+    pub sse: Option<SseMode>,
+    /// The SSE-C key; required exactly when `sse` is `SseMode::CustomerKey`.
+    pub sse_customer_key: Option<Arc<SseCustomerKey>>,
+    /// Keys never sent with SSE-C (stored without it), e.g. the volume header.
+    pub sse_c_exempt: Vec<String>,
+    /// Extra SDK interceptors (tests record requests with one).
+    pub interceptors: Vec<SharedInterceptor>,
 }
 
 impl S3Config {
@@ -65,6 +85,12 @@ impl S3Config {
             path_style,
             connect_timeout: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(30),
+            ca_bundle: None,
+            allow_insecure_http: false,
+            sse: None,
+            sse_customer_key: None,
+            sse_c_exempt: Vec::new(),
+            interceptors: Vec::new(),
         }
     }
 
@@ -87,11 +113,31 @@ pub struct S3Store {
     prefix: String,
     endpoint: Option<String>,
     conditional: AtomicBool,
+    sse: Option<SseMode>,
+    sse_customer_key: Option<Arc<SseCustomerKey>>,
+    sse_c_exempt: Vec<String>,
+}
+
+/// SSE-C needs its key and the key needs SSE-C.
+fn check_sse(mode: &Option<SseMode>, key: &Option<Arc<SseCustomerKey>>) -> Result<()> {
+    match (mode, key) {
+        (Some(SseMode::CustomerKey), None) => Err(BackendError::Other(
+            "this volume uses SSE-C; pass --sse-c-key-file".into(),
+        )),
+        (Some(other), Some(_)) if *other != SseMode::CustomerKey => Err(BackendError::Other(
+            format!("an SSE-C key cannot be combined with {}", other.describe()),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Build an SDK client from `cfg` (no network traffic). Public so tests and tools can
-/// create buckets with exactly the settings the store uses.
-pub async fn make_client(cfg: &S3Config) -> Client {
+/// create buckets with exactly the settings the store uses. Fails on a bad CA bundle or
+/// an endpoint that `cfg` does not allow.
+pub async fn make_client(cfg: &S3Config) -> Result<Client> {
+    if let Some(ep) = &cfg.endpoint {
+        super::tls::check_endpoint(ep, cfg.allow_insecure_http)?;
+    }
     let region = RegionProviderChain::first_try(cfg.region.clone().map(Region::new))
         .or_default_provider()
         .or_else(Region::new("us-east-1"));
@@ -99,12 +145,14 @@ pub async fn make_client(cfg: &S3Config) -> Client {
         .connect_timeout(cfg.connect_timeout)
         .operation_attempt_timeout(cfg.operation_timeout)
         .build();
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(region)
         .timeout_config(timeouts)
-        .retry_config(RetryConfig::standard().with_max_attempts(1))
-        .load()
-        .await;
+        .retry_config(RetryConfig::standard().with_max_attempts(1));
+    if let Some(pem) = &cfg.ca_bundle {
+        loader = loader.http_client(super::tls::client_with_ca_bundle(pem)?);
+    }
+    let sdk = loader.load().await;
     let mut b = aws_sdk_s3::config::Builder::from(&sdk)
         .force_path_style(cfg.path_style)
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -112,13 +160,17 @@ pub async fn make_client(cfg: &S3Config) -> Client {
     if let Some(ep) = &cfg.endpoint {
         b = b.endpoint_url(ep);
     }
-    Client::from_conf(b.build())
+    for i in &cfg.interceptors {
+        b.push_interceptor(i.clone());
+    }
+    Ok(Client::from_conf(b.build()))
 }
 
 impl S3Store {
     /// Build the client and check that the bucket exists and is reachable.
     pub async fn connect(cfg: S3Config) -> Result<S3Store> {
-        let client = make_client(&cfg).await;
+        check_sse(&cfg.sse, &cfg.sse_customer_key)?;
+        let client = make_client(&cfg).await?;
         let mut prefix = cfg.prefix.trim_start_matches('/').to_string();
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
@@ -129,6 +181,9 @@ impl S3Store {
             prefix,
             endpoint: cfg.endpoint.clone(),
             conditional: AtomicBool::new(true),
+            sse: cfg.sse.clone(),
+            sse_customer_key: cfg.sse_customer_key.clone(),
+            sse_c_exempt: cfg.sse_c_exempt.clone(),
         };
         store.check_bucket().await?;
         Ok(store)
@@ -188,6 +243,30 @@ impl S3Store {
             tracing::warn!(store = %self.describe(), "server ignores conditional puts (If-None-Match)");
         }
         Ok(honoured)
+    }
+
+    /// Change the server-side encryption used from now on (e.g. to what the volume header
+    /// says, once it has been read).
+    pub fn set_sse(
+        &mut self,
+        mode: Option<SseMode>,
+        key: Option<Arc<SseCustomerKey>>,
+    ) -> Result<()> {
+        check_sse(&mode, &key)?;
+        self.sse = mode;
+        self.sse_customer_key = key;
+        Ok(())
+    }
+
+    /// The SSE-C key to send with a request for `key`, if any.
+    fn ssec(&self, key: &str) -> Option<&SseCustomerKey> {
+        if self.sse_c_exempt.iter().any(|k| k == key) {
+            return None;
+        }
+        match self.sse {
+            Some(SseMode::CustomerKey) => self.sse_customer_key.as_deref(),
+            _ => None,
+        }
     }
 
     /// The SDK client, for callers that need an operation this trait does not offer.
@@ -260,6 +339,15 @@ where
                 (409, "ConditionalRequestConflict") => {
                     BackendError::PreconditionFailed(what.to_string())
                 }
+                (400, "InvalidRequest")
+                    if s.err()
+                        .message()
+                        .is_some_and(|m| m.contains("Server Side Encryption")) =>
+                {
+                    BackendError::AccessDenied(format!(
+                        "{what}: stored with SSE-C: this volume uses SSE-C; pass --sse-c-key-file"
+                    ))
+                }
                 (403, _)
                 | (_, "AccessDenied")
                 | (_, "InvalidAccessKeyId")
@@ -295,6 +383,32 @@ impl ObjectStore for S3Store {
             .key(self.full_key(key))
             .content_length(size as i64)
             .body(ByteStream::from(data));
+        req = match &self.sse {
+            None | Some(SseMode::CustomerKey) => req,
+            Some(SseMode::S3) => req.server_side_encryption(ServerSideEncryption::Aes256),
+            Some(SseMode::Kms {
+                kms_key_id,
+                bucket_key,
+            }) => {
+                let r = req
+                    .server_side_encryption(ServerSideEncryption::AwsKms)
+                    .set_ssekms_key_id(kms_key_id.clone());
+                if *bucket_key {
+                    r.bucket_key_enabled(true)
+                } else {
+                    r
+                }
+            }
+            Some(SseMode::Dsse { kms_key_id }) => req
+                .server_side_encryption(ServerSideEncryption::AwsKmsDsse)
+                .set_ssekms_key_id(kms_key_id.clone()),
+        };
+        if let Some(k) = self.ssec(key) {
+            req = req
+                .sse_customer_algorithm("AES256")
+                .sse_customer_key(k.header_key().as_str())
+                .sse_customer_key_md5(k.header_key_md5());
+        }
         req = match &mode {
             PutMode::Overwrite => req,
             PutMode::Create => req.if_none_match("*"),
@@ -323,6 +437,12 @@ impl ObjectStore for S3Store {
             .get_object()
             .bucket(&self.bucket)
             .key(self.full_key(key));
+        if let Some(k) = self.ssec(key) {
+            req = req
+                .sse_customer_algorithm("AES256")
+                .sse_customer_key(k.header_key().as_str())
+                .sse_customer_key_md5(k.header_key_md5());
+        }
         if let Some(r) = &range {
             if r.end <= r.start {
                 // Not expressible as an HTTP range (S3 would ignore it and send everything).
@@ -371,14 +491,18 @@ impl ObjectStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        let out = self
+        let mut req = self
             .client
             .head_object()
             .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await
-            .map_err(|e| map_err(e, key))?;
+            .key(self.full_key(key));
+        if let Some(k) = self.ssec(key) {
+            req = req
+                .sse_customer_algorithm("AES256")
+                .sse_customer_key(k.header_key().as_str())
+                .sse_customer_key_md5(k.header_key_md5());
+        }
+        let out = req.send().await.map_err(|e| map_err(e, key))?;
         Ok(ObjectMeta {
             key: key.to_string(),
             size: out

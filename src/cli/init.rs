@@ -34,14 +34,23 @@ pub fn run(mut args: InitArgs) -> Result<()> {
     if let Some(cs) = args.chunk_size {
         params.chunk_size = cs;
     }
-    let id = cryptbucket::volume::create(
+    let mut ext = serde_json::Map::new();
+    let (sse, _) = args.store.s3.sse()?;
+    if let Some(mode) = &sse {
+        mode.to_ext(&mut ext)?;
+    }
+    let id = cryptbucket::volume::create_with_ext(
         &rt,
         store.clone(),
         params.clone(),
         &key,
         argon2_params_from_env(),
+        ext,
     )
     .context("init failed")?;
+    if let Some(mode) = &sse {
+        println!("server-side encryption: {}", mode.describe());
+    }
     println!(
         "created volume {id} in {} (cipher {})\nmount it with: cryptbucket mount {} MOUNTPOINT",
         store.describe(),

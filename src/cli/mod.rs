@@ -6,10 +6,13 @@ pub mod exit;
 pub mod gen;
 pub mod helper;
 pub mod init;
+pub mod key;
 pub mod metrics;
 pub mod mount;
 pub mod notify;
 pub mod passcmd;
+pub mod passwd;
+pub mod s3opts;
 pub mod status;
 pub mod ui;
 pub mod unmount;
@@ -26,8 +29,10 @@ use zeroize::Zeroizing;
 use cryptbucket::backend::local::LocalStore;
 use cryptbucket::backend::retry::RetryStore;
 use cryptbucket::backend::s3::{S3Config, S3Store};
+use cryptbucket::backend::sse::SseMode;
 use cryptbucket::backend::ObjectStore;
 use cryptbucket::crypto::KeySource;
+use cryptbucket::volume::{HEADER_BACKUP_KEY, HEADER_KEY};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -63,6 +68,10 @@ pub enum Command {
     Completions(gen::CompletionsArgs),
     /// Print the man page (roff): `cryptbucket manpage > /usr/local/share/man/man1/cryptbucket.1`.
     Manpage,
+    /// Manage key slots: list, add (passphrase or keyfile), remove.
+    Key(key::KeyCmd),
+    /// Change a passphrase (rewrites its key slot only; data is not re-encrypted).
+    Passwd(passwd::PasswdArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -75,6 +84,8 @@ pub struct StoreArgs {
     /// S3 region (default: from the AWS configuration, else us-east-1).
     #[arg(long)]
     pub region: Option<String>,
+    #[command(flatten)]
+    pub s3: s3opts::S3Args,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -88,6 +99,17 @@ pub struct KeyArgs {
     /// Run CMD (with sh -c) and use the first line it prints as the passphrase.
     #[arg(long, value_name = "CMD", conflicts_with_all = ["keyfile", "passphrase_file"])]
     pub passphrase_command: Option<String>,
+}
+
+/// The new secret for `key add` and `passwd`.
+#[derive(Args, Debug, Clone)]
+pub struct NewKeyArgs {
+    /// Read the new passphrase from this file (first line). Also: CRYPTBUCKET_NEW_PASSPHRASE.
+    #[arg(long, conflicts_with = "new_keyfile")]
+    pub new_passphrase_file: Option<PathBuf>,
+    /// (key add) Add a keyfile slot; FILE is created (32 random bytes, mode 0600) if missing.
+    #[arg(long)]
+    pub new_keyfile: Option<PathBuf>,
 }
 
 pub enum StoreLocation {
@@ -120,8 +142,8 @@ pub fn open_store(
 ) -> Result<Arc<dyn ObjectStore>> {
     let store: Arc<dyn ObjectStore> = match parse_store(&args.store)? {
         StoreLocation::Local(dir) => {
-            if args.endpoint.is_some() {
-                bail!("--endpoint only applies to s3:// stores");
+            if args.endpoint.is_some() || args.s3.any() {
+                bail!("--endpoint, --sse*, --ca-bundle and --allow-insecure-http only apply to s3:// stores");
             }
             let s = if create_local {
                 LocalStore::create(&dir)
@@ -135,12 +157,31 @@ pub fn open_store(
         StoreLocation::S3 { bucket, prefix } => {
             let mut cfg = S3Config::new(bucket.clone(), args.endpoint.clone()).with_prefix(prefix);
             cfg.region = args.region.clone();
-            let s = rt
+            args.s3.apply_transport(&mut cfg)?;
+            // The header stays readable without the SSE-C key: it says whether one is needed.
+            cfg.sse_c_exempt = vec![HEADER_KEY.to_string(), HEADER_BACKUP_KEY.to_string()];
+            let (cli_mode, cli_key) = args.s3.sse()?;
+            if create_local {
+                // init: the command line decides (and init stores it in the header).
+                cfg.sse = cli_mode.clone();
+                cfg.sse_customer_key = cli_key.clone();
+            }
+            let mut s = rt
                 .block_on(async {
                     tokio::time::timeout(Duration::from_secs(60), S3Store::connect(cfg)).await
                 })
                 .map_err(|_| anyhow::anyhow!("timed out connecting to the S3 store"))?
                 .with_context(|| format!("cannot use S3 bucket {bucket}"))?;
+            if !create_local {
+                let stored = rt.block_on(cryptbucket::volume::peek_ext(&s))?;
+                if let Some(ext) = stored {
+                    let stored = SseMode::from_ext(&ext)?;
+                    let (mode, key) = s3opts::resolve_sse(stored, cli_mode, cli_key)?;
+                    s.set_sse(mode, key)?;
+                } else {
+                    s.set_sse(cli_mode, cli_key)?;
+                }
+            }
             Arc::new(RetryStore::new(s))
         }
     };
@@ -155,46 +196,83 @@ fn read_secret_file(path: &PathBuf, what: &str) -> Result<Zeroizing<Vec<u8>>> {
     Ok(buf)
 }
 
+/// Read a keyfile, or (with `create`) make a new random one, mode 0600, if it does not exist.
+fn keyfile_source(path: &PathBuf, create: bool) -> Result<KeySource> {
+    if !path.exists() && create {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let bytes = cryptbucket::crypto::generate_keyfile_bytes();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot create keyfile {}", path.display()))?;
+        f.write_all(&bytes)
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("cannot write keyfile {}", path.display()))?;
+        eprintln!(
+            "created keyfile {} (keep a copy somewhere safe: without it the volume cannot be opened)",
+            path.display()
+        );
+        return Ok(KeySource::Keyfile(bytes));
+    }
+    let bytes = read_secret_file(path, "keyfile")?;
+    if bytes.len() < 16 {
+        bail!(
+            "keyfile {} is too short ({} bytes; at least 16 needed)",
+            path.display(),
+            bytes.len()
+        );
+    }
+    Ok(KeySource::Keyfile(bytes))
+}
+
+/// The first line of a passphrase file.
+fn passphrase_file(path: &PathBuf) -> Result<KeySource> {
+    let bytes = read_secret_file(path, "passphrase file")?;
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| anyhow::anyhow!("passphrase file {} is not UTF-8", path.display()))?;
+    let pass = Zeroizing::new(text.lines().next().unwrap_or("").to_string());
+    drop(Zeroizing::new(text));
+    check_pass(pass)
+}
+
+/// Resolve the new secret of `key add` / `passwd`: new keyfile (created if missing, when
+/// `allow_keyfile`), new passphrase file, CRYPTBUCKET_NEW_PASSPHRASE, or a prompt (twice).
+pub fn new_key_source(args: &NewKeyArgs, allow_keyfile: bool) -> Result<KeySource> {
+    if let Some(path) = &args.new_keyfile {
+        if !allow_keyfile {
+            bail!("--new-keyfile is only for `key add`");
+        }
+        return keyfile_source(path, true);
+    }
+    if let Some(path) = &args.new_passphrase_file {
+        return passphrase_file(path);
+    }
+    if let Ok(p) = std::env::var("CRYPTBUCKET_NEW_PASSPHRASE") {
+        std::env::remove_var("CRYPTBUCKET_NEW_PASSPHRASE");
+        return check_pass(Zeroizing::new(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no new key: pass --new-passphrase-file FILE, --new-keyfile FILE, or set CRYPTBUCKET_NEW_PASSPHRASE (no terminal to ask on)");
+    }
+    let p = Zeroizing::new(rpassword::prompt_password("New passphrase: ")?);
+    let again = Zeroizing::new(rpassword::prompt_password("New passphrase (again): ")?);
+    if *again != *p {
+        bail!("the two passphrases differ; nothing was changed");
+    }
+    check_pass(p)
+}
+
 /// Resolve the key source: keyfile, passphrase file, environment, or terminal prompt.
 /// `confirm` asks twice (init). `create_keyfile` makes a missing keyfile (init).
 pub fn key_source(args: &KeyArgs, confirm: bool, create_keyfile: bool) -> Result<KeySource> {
     if let Some(path) = &args.keyfile {
-        if !path.exists() && create_keyfile {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let bytes = cryptbucket::crypto::generate_keyfile_bytes();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot create keyfile {}", path.display()))?;
-            f.write_all(&bytes)
-                .and_then(|_| f.sync_all())
-                .with_context(|| format!("cannot write keyfile {}", path.display()))?;
-            eprintln!(
-                "created keyfile {} (keep a copy somewhere safe: without it the volume cannot be opened)",
-                path.display()
-            );
-            return Ok(KeySource::Keyfile(bytes));
-        }
-        let bytes = read_secret_file(path, "keyfile")?;
-        if bytes.len() < 16 {
-            bail!(
-                "keyfile {} is too short ({} bytes; at least 16 needed)",
-                path.display(),
-                bytes.len()
-            );
-        }
-        return Ok(KeySource::Keyfile(bytes));
+        return keyfile_source(path, create_keyfile);
     }
     if let Some(path) = &args.passphrase_file {
-        let bytes = read_secret_file(path, "passphrase file")?;
-        let text = String::from_utf8(bytes.to_vec())
-            .map_err(|_| anyhow::anyhow!("passphrase file {} is not UTF-8", path.display()))?;
-        let pass = Zeroizing::new(text.lines().next().unwrap_or("").to_string());
-        drop(Zeroizing::new(text));
-        return check_pass(pass);
+        return passphrase_file(path);
     }
     if let Some(cmd) = &args.passphrase_command {
         return check_pass(passcmd::run(cmd)?);

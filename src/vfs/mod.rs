@@ -130,6 +130,7 @@ impl Vfs {
         data: Arc<ChunkStore>,
         remote: Arc<RemoteMeta>,
         read_only: bool,
+        in_sync: bool,
     ) -> Result<Self> {
         let vfs = Vfs {
             meta,
@@ -142,6 +143,9 @@ impl Vfs {
             last_commit_ns: AtomicI64::new(0),
             read_only,
         };
+        if in_sync {
+            vfs.mark_clean();
+        }
         // Files unlinked while open when the daemon last stopped.
         if !read_only {
             for ino in vfs.meta.orphans()? {
@@ -505,6 +509,13 @@ impl Vfs {
                 crate::meta::MetaError::NotFound => VfsError::NoAttr,
                 other => other.into(),
             })
+    }
+
+    /// Declare the local metadata identical to the store's head (it was just loaded from
+    /// it), so an unchanged mount writes nothing at unmount.
+    pub fn mark_clean(&self) {
+        self.committed_gen
+            .store(self.meta.generation(), Ordering::SeqCst);
     }
 
     /// Write the metadata to the store if it changed since the last commit, then delete

@@ -110,6 +110,7 @@ fn cli_args() -> (StoreArgs, KeyArgs) {
             store: "photos".into(),
             endpoint: None,
             region: None,
+            s3: Default::default(),
         },
         KeyArgs {
             passphrase_file: None,

@@ -1,0 +1,76 @@
+//! `cryptbucket key list|add|remove`: manage the key slots of a volume (header only).
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+use cryptbucket::crypto::argon2_params_from_env;
+
+use super::{key_source, new_key_source, open_store, KeyArgs, NewKeyArgs, StoreArgs};
+
+#[derive(Args, Debug)]
+pub struct KeyCmd {
+    #[command(subcommand)]
+    pub cmd: KeySub,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeySub {
+    /// List the key slots of the volume in STORE (no key needed).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Add a key slot (a passphrase or a keyfile); the current key unlocks the volume.
+    Add {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        new: NewKeyArgs,
+    },
+    /// Remove key slot SLOT (its number in `key list`); the last slot cannot be removed.
+    Remove {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Slot number, as shown by `key list`.
+        slot: usize,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+}
+
+pub fn run(args: KeyCmd) -> Result<()> {
+    let rt = cryptbucket::volume::runtime()?;
+    match args.cmd {
+        KeySub::List { store } => {
+            let s = open_store(&rt, &store, false)?;
+            let slots = cryptbucket::admin::list_slots(&rt, &s)?;
+            println!("volume in {}: {} key slot(s)", s.describe(), slots.len());
+            for slot in slots {
+                println!("  slot {}: {}", slot.index, slot.kind);
+            }
+        }
+        KeySub::Add { store, key, new } => {
+            let current = key_source(&key, false, false)?;
+            let new = new_key_source(&new, true)?;
+            let s = open_store(&rt, &store, false)?;
+            let index =
+                cryptbucket::admin::add_slot(&rt, &s, &current, &new, argon2_params_from_env())
+                    .context("key add failed")?;
+            println!("added key slot {index} ({})", new.kind());
+        }
+        KeySub::Remove { store, slot, key } => {
+            let current = key_source(&key, false, false)?;
+            let s = open_store(&rt, &store, false)?;
+            let own = cryptbucket::admin::remove_slot(&rt, &s, &current, slot)
+                .context("key remove failed")?;
+            println!("removed key slot {slot}");
+            if own {
+                eprintln!("note: that was the slot of the key you unlocked with; it no longer opens the volume");
+            }
+            eprintln!("note: a copy of the old header still opens with the removed key; only `rekey` revokes it");
+        }
+    }
+    Ok(())
+}
