@@ -3,8 +3,9 @@
 #   bash scripts/test.sh [--long]
 #
 # On a fresh Debian 12 machine with only Rust installed it:
-#   1. installs what is missing (fuse3, python3-venv; rustfmt/clippy via rustup), only when missing,
-#      and makes sure /dev/fuse is usable;
+#   1. installs what is missing (fuse3, python3-venv; rustfmt/clippy via rustup; pjdfstest and
+#      fsx via cargo install; the users nobody and tests for pjdfstest), only when missing, and
+#      makes sure /dev/fuse is usable;
 #   2. checks formatting (cargo fmt --check) and lints (cargo clippy --all-targets -D warnings);
 #   3. installs and starts the S3 test server (scripts/s3-server.sh) on 127.0.0.1, stops it on exit;
 #   4. runs every test (cargo nextest if installed, else cargo test) on a debug build;
@@ -144,6 +145,34 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     fi
 fi
 cleanup_mounts
+step_done
+
+# ---------------------------------------------------------------------------------------------
+# External POSIX suites for tests/posix_suites.rs (versions measured in /work/shared/TESTING.md).
+step "external POSIX suites (pjdfstest, fsx)"
+CARGO_BIN_DIR="${CARGO_HOME:-$HOME/.cargo}/bin"
+case ":$PATH:" in *":$CARGO_BIN_DIR:"*) ;; *) export PATH="$PATH:$CARGO_BIN_DIR" ;; esac
+install_tool() { # install_tool BINARY CRATE VERSION
+    command -v "$1" >/dev/null 2>&1 && return 0
+    echo "installing $2 $3 (cargo install, a few minutes)"
+    # --locked: build with the dependency versions the release was tested with.
+    cargo install --quiet --locked "$2" --version "$3"
+}
+install_tool pjdfstest pjdfstest 0.2.2
+install_tool fsx fsx 0.3.2
+# pjdfstest switches to the users `nobody` and `tests` (each with its own group).
+if ! getent passwd nobody >/dev/null; then
+    as_root useradd -M -r -s /usr/sbin/nologin nobody ||
+        echo "warning: could not create user nobody: pjdfstest will fail" >&2
+fi
+if ! getent group tests >/dev/null; then
+    as_root groupadd tests || echo "warning: could not create group tests" >&2
+fi
+if ! getent passwd tests >/dev/null; then
+    as_root useradd -M -g tests tests ||
+        echo "warning: could not create user tests: pjdfstest will fail" >&2
+fi
+echo "pjdfstest: $(command -v pjdfstest), fsx: $(command -v fsx)"
 step_done
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cryptbucket/target}"

@@ -344,15 +344,25 @@ impl Volume {
     }
 
     pub fn try_mount(&self, mnt: &Path, cache: &Path) -> Outcome {
+        self.try_mount_with(mnt, cache, &[])
+    }
+
+    /// `try_mount` with extra mount options (e.g. `--allow-other`).
+    pub fn try_mount_with(&self, mnt: &Path, cache: &Path, extra: &[&str]) -> Outcome {
         let mut c = self.cmd("mount", &[&self.store, mnt.to_str().expect("utf-8 path")]);
-        c.arg("--cache-dir").arg(cache);
+        c.arg("--cache-dir").arg(cache).args(extra);
         run(&mut c, CMD_TIMEOUT)
     }
 
     /// Mount in the background (the command returns once the mount is ready).
     pub fn mount(&self, mnt: &Path, cache: &Path) -> Mount {
+        self.mount_with(mnt, cache, &[])
+    }
+
+    /// `mount` with extra mount options (e.g. `--allow-other`).
+    pub fn mount_with(&self, mnt: &Path, cache: &Path, extra: &[&str]) -> Mount {
         fs::create_dir_all(mnt).expect("create mountpoint");
-        let o = self.try_mount(mnt, cache);
+        let o = self.try_mount_with(mnt, cache, extra);
         // Guard first, so a half-made mount is cleaned up even when the asserts below fail.
         let guard = Mount {
             path: mnt.to_path_buf(),
