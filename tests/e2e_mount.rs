@@ -786,3 +786,64 @@ fn init_refuses_an_existing_volume() {
         "a refused init changed the store"
     );
 }
+
+/// flock and POSIX record locks work between processes on one mount (the kernel keeps them;
+/// cryptbucket implements no lock operations).
+#[test]
+fn flock_and_posix_locks_conflict_within_one_mount() {
+    require_fuse!("flock_and_posix_locks_conflict_within_one_mount");
+    let work = tempdir();
+    let vol = Volume::local(&work.path().join("store"), Key::Passphrase(PASS.to_owned()));
+    vol.init();
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = vol.mount(&mnt, &work.path().join("cache"));
+    let f = mnt.join("locked");
+    write_file(&f, b"x");
+    let a = std::fs::File::open(&f).unwrap();
+    let b = std::fs::File::open(&f).unwrap();
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock/fcntl on descriptors we own.
+    unsafe {
+        assert_eq!(libc::flock(a.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), 0);
+        assert_eq!(
+            libc::flock(b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB),
+            -1
+        );
+        assert_eq!(libc::flock(a.as_raw_fd(), libc::LOCK_UN), 0);
+        assert_eq!(libc::flock(b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), 0);
+        libc::flock(b.as_raw_fd(), libc::LOCK_UN);
+    }
+    // POSIX record locks are per process: a child must see the parent's write lock.
+    let rw = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&f)
+        .unwrap();
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 1,
+        l_pid: 0,
+    };
+    // SAFETY: fcntl with a valid struct; fork in a test process only runs async-signal-safe
+    // calls in the child before _exit.
+    unsafe {
+        assert_eq!(libc::fcntl(rw.as_raw_fd(), libc::F_SETLK, &lock), 0);
+        let pid = libc::fork();
+        if pid == 0 {
+            let rc = libc::fcntl(rw.as_raw_fd(), libc::F_SETLK, &lock);
+            libc::_exit(if rc == -1 { 7 } else { 0 });
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            7,
+            "child got a conflicting POSIX lock"
+        );
+    }
+    drop((a, b, rw));
+    m.unmount();
+}
