@@ -153,18 +153,14 @@ impl Filesystem for FuseFs {
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let vfs = self.vfs.clone();
         let name = name.as_bytes().to_vec();
-        self.pool.run(move || match vfs.lookup(parent, &name) {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), 0),
-            Err(e) => fail!(reply, "lookup", e),
-        });
+        self.pool
+            .run(move || reply_entry(reply, "lookup", vfs.lookup(parent, &name)));
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         let vfs = self.vfs.clone();
-        self.pool.run(move || match vfs.getattr(ino) {
-            Ok(a) => reply.attr(&TTL, &fattr(&a)),
-            Err(e) => fail!(reply, "getattr", e),
-        });
+        self.pool
+            .run(move || reply_attr(reply, "getattr", vfs.getattr(ino)));
     }
 
     fn setattr(
@@ -194,10 +190,8 @@ impl Filesystem for FuseFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        self.pool.run(move || match vfs.setattr(ino, s) {
-            Ok(a) => reply.attr(&TTL, &fattr(&a)),
-            Err(e) => fail!(reply, "setattr", e),
-        });
+        self.pool
+            .run(move || reply_attr(reply, "setattr", vfs.setattr(ino, s)));
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
@@ -222,10 +216,7 @@ impl Filesystem for FuseFs {
         let c = ctx(req, umask);
         let name = name.as_bytes().to_vec();
         self.pool
-            .run(move || match vfs.mknod(&c, parent, &name, mode, rdev) {
-                Ok(a) => reply.entry(&TTL, &fattr(&a), 0),
-                Err(e) => fail!(reply, "mknod", e),
-            });
+            .run(move || reply_entry(reply, "mknod", vfs.mknod(&c, parent, &name, mode, rdev)));
     }
 
     fn mkdir(
@@ -241,28 +232,21 @@ impl Filesystem for FuseFs {
         let c = ctx(req, umask);
         let name = name.as_bytes().to_vec();
         self.pool
-            .run(move || match vfs.mkdir(&c, parent, &name, mode) {
-                Ok(a) => reply.entry(&TTL, &fattr(&a), 0),
-                Err(e) => fail!(reply, "mkdir", e),
-            });
+            .run(move || reply_entry(reply, "mkdir", vfs.mkdir(&c, parent, &name, mode)));
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let vfs = self.vfs.clone();
         let name = name.as_bytes().to_vec();
-        self.pool.run(move || match vfs.unlink(parent, &name) {
-            Ok(()) => reply.ok(),
-            Err(e) => fail!(reply, "unlink", e),
-        });
+        self.pool
+            .run(move || reply_empty(reply, "unlink", vfs.unlink(parent, &name)));
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let vfs = self.vfs.clone();
         let name = name.as_bytes().to_vec();
-        self.pool.run(move || match vfs.rmdir(parent, &name) {
-            Ok(()) => reply.ok(),
-            Err(e) => fail!(reply, "rmdir", e),
-        });
+        self.pool
+            .run(move || reply_empty(reply, "rmdir", vfs.rmdir(parent, &name)));
     }
 
     fn symlink(
@@ -278,10 +262,7 @@ impl Filesystem for FuseFs {
         let name = link_name.as_bytes().to_vec();
         let target = target.as_os_str().as_bytes().to_vec();
         self.pool
-            .run(move || match vfs.symlink(&c, parent, &name, &target) {
-                Ok(a) => reply.entry(&TTL, &fattr(&a), 0),
-                Err(e) => fail!(reply, "symlink", e),
-            });
+            .run(move || reply_entry(reply, "symlink", vfs.symlink(&c, parent, &name, &target)));
     }
 
     fn rename(
@@ -316,10 +297,7 @@ impl Filesystem for FuseFs {
         let vfs = self.vfs.clone();
         let newname = newname.as_bytes().to_vec();
         self.pool
-            .run(move || match vfs.link(ino, newparent, &newname) {
-                Ok(a) => reply.entry(&TTL, &fattr(&a), 0),
-                Err(e) => fail!(reply, "link", e),
-            });
+            .run(move || reply_entry(reply, "link", vfs.link(ino, newparent, &newname)));
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
@@ -372,10 +350,8 @@ impl Filesystem for FuseFs {
 
     fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lo: u64, reply: ReplyEmpty) {
         let vfs = self.vfs.clone();
-        self.pool.run(move || match vfs.flush(fh) {
-            Ok(()) => reply.ok(),
-            Err(e) => fail!(reply, "flush", e),
-        });
+        self.pool
+            .run(move || reply_empty(reply, "flush", vfs.flush(fh)));
     }
 
     fn release(
@@ -389,18 +365,14 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let vfs = self.vfs.clone();
-        self.pool.run(move || match vfs.release(fh) {
-            Ok(()) => reply.ok(),
-            Err(e) => fail!(reply, "release", e),
-        });
+        self.pool
+            .run(move || reply_empty(reply, "release", vfs.release(fh)));
     }
 
     fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _ds: bool, reply: ReplyEmpty) {
         let vfs = self.vfs.clone();
-        self.pool.run(move || match vfs.fsync(fh) {
-            Ok(()) => reply.ok(),
-            Err(e) => fail!(reply, "fsync", e),
-        });
+        self.pool
+            .run(move || reply_empty(reply, "fsync", vfs.fsync(fh)));
     }
 
     fn readdir(
@@ -427,10 +399,8 @@ impl Filesystem for FuseFs {
 
     fn fsyncdir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _ds: bool, reply: ReplyEmpty) {
         let vfs = self.vfs.clone();
-        self.pool.run(move || match vfs.commit() {
-            Ok(()) => reply.ok(),
-            Err(e) => fail!(reply, "fsyncdir", e),
-        });
+        self.pool
+            .run(move || reply_empty(reply, "fsyncdir", vfs.commit()));
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
@@ -457,10 +427,7 @@ impl Filesystem for FuseFs {
         let name = name.as_bytes().to_vec();
         let value = value.to_vec();
         self.pool
-            .run(move || match vfs.setxattr(ino, &name, &value, flags) {
-                Ok(()) => reply.ok(),
-                Err(e) => fail!(reply, "setxattr", e),
-            });
+            .run(move || reply_empty(reply, "setxattr", vfs.setxattr(ino, &name, &value, flags)));
     }
 
     fn getxattr(
@@ -490,10 +457,8 @@ impl Filesystem for FuseFs {
     fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
         let vfs = self.vfs.clone();
         let name = name.as_bytes().to_vec();
-        self.pool.run(move || match vfs.removexattr(ino, &name) {
-            Ok(()) => reply.ok(),
-            Err(e) => fail!(reply, "removexattr", e),
-        });
+        self.pool
+            .run(move || reply_empty(reply, "removexattr", vfs.removexattr(ino, &name)));
     }
 
     fn fallocate(
@@ -537,6 +502,27 @@ impl Filesystem for FuseFs {
                 Ok((a, fh)) => reply.created(&TTL, &fattr(&a), 0, fh, 0),
                 Err(e) => fail!(reply, "create", e),
             });
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, op: &str, r: crate::vfs::Result<Attr>) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &fattr(&a), 0),
+        Err(e) => fail!(reply, op, e),
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, op: &str, r: crate::vfs::Result<Attr>) {
+    match r {
+        Ok(a) => reply.attr(&TTL, &fattr(&a)),
+        Err(e) => fail!(reply, op, e),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, op: &str, r: crate::vfs::Result<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => fail!(reply, op, e),
     }
 }
 

@@ -106,6 +106,14 @@ fn lookup_tx(tx: &Connection, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
         .map(|v| v as u64))
 }
 
+fn remove_entry_tx(tx: &Connection, parent: Ino, name: &[u8]) -> Result<()> {
+    tx.execute(
+        "DELETE FROM dentries WHERE parent=?1 AND name=?2",
+        params![parent as i64, name],
+    )?;
+    Ok(())
+}
+
 fn touch_dir_tx(tx: &Connection, dir: Ino, now: i64, nlink_delta: i64) -> Result<()> {
     tx.execute(
         "UPDATE inodes SET mtime=?2, ctime=?2, nlink=nlink+?3 WHERE ino=?1",
@@ -394,10 +402,7 @@ impl SqliteMeta {
             if i.kind == FileKind::Dir {
                 return Err(MetaError::IsDir);
             }
-            tx.execute(
-                "DELETE FROM dentries WHERE parent=?1 AND name=?2",
-                params![parent as i64, name],
-            )?;
+            remove_entry_tx(tx, parent, name)?;
             i.nlink = i.nlink.saturating_sub(1);
             i.ctime = now;
             put_inode_tx(tx, &i)?;
@@ -416,10 +421,7 @@ impl SqliteMeta {
             if !is_empty_dir_tx(tx, ino)? {
                 return Err(MetaError::NotEmpty);
             }
-            tx.execute(
-                "DELETE FROM dentries WHERE parent=?1 AND name=?2",
-                params![parent as i64, name],
-            )?;
+            remove_entry_tx(tx, parent, name)?;
             delete_inode_tx(tx, ino)?;
             touch_dir_tx(tx, parent, now, -1)?;
             Ok(())
@@ -498,18 +500,12 @@ impl SqliteMeta {
                         if !is_empty_dir_tx(tx, dst)? {
                             return Err(MetaError::NotEmpty);
                         }
-                        tx.execute(
-                            "DELETE FROM dentries WHERE parent=?1 AND name=?2",
-                            params![newparent as i64, newname],
-                        )?;
+                        remove_entry_tx(tx, newparent, newname)?;
                         delete_inode_tx(tx, dst)?;
                         touch_dir_tx(tx, newparent, now, -1)?;
                     }
                     (false, false) => {
-                        tx.execute(
-                            "DELETE FROM dentries WHERE parent=?1 AND name=?2",
-                            params![newparent as i64, newname],
-                        )?;
+                        remove_entry_tx(tx, newparent, newname)?;
                         dst_i.nlink = dst_i.nlink.saturating_sub(1);
                         dst_i.ctime = now;
                         put_inode_tx(tx, &dst_i)?;

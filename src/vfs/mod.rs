@@ -215,68 +215,59 @@ impl Vfs {
         Ok((perm, ctx.uid, gid))
     }
 
-    pub fn mkdir(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
+    /// Create an inode of `kind` named `name` in `parent`, owned as POSIX says.
+    #[allow(clippy::too_many_arguments)]
+    fn make(
+        &self,
+        ctx: &Ctx,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        target: Option<&[u8]>,
+        rdev: u32,
+    ) -> Result<crate::meta::Inode> {
         self.writable()?;
         check_name(name)?;
-        let (perm, uid, gid) = self.new_owner(ctx, parent, mode, true)?;
-        let i = self.meta.create(
-            parent,
-            name,
-            FileKind::Dir,
-            perm,
-            uid,
-            gid,
-            now_ns(),
-            None,
-            0,
-        )?;
+        let (perm, uid, gid) = self.new_owner(ctx, parent, mode, kind == FileKind::Dir)?;
+        // Symlinks are always 0777 (their mode is never checked).
+        let perm = if kind == FileKind::Symlink {
+            0o777
+        } else {
+            perm
+        };
+        Ok(self
+            .meta
+            .create(parent, name, kind, perm, uid, gid, now_ns(), target, rdev)?)
+    }
+
+    pub fn mkdir(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
+        let i = self.make(ctx, parent, name, FileKind::Dir, mode, None, 0)?;
         Ok(self.attr_of(i))
     }
 
     /// Create and open a regular file.
     pub fn create(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32) -> Result<(Attr, u64)> {
-        self.writable()?;
-        check_name(name)?;
-        let (perm, uid, gid) = self.new_owner(ctx, parent, mode, false)?;
-        let i = self.meta.create(
-            parent,
-            name,
-            FileKind::File,
-            perm,
-            uid,
-            gid,
-            now_ns(),
-            None,
-            0,
-        )?;
+        let i = self.make(ctx, parent, name, FileKind::File, mode, None, 0)?;
         let fh = self.open(i.ino)?;
         Ok((self.attr_of(i), fh))
     }
 
     /// mknod: regular files, FIFOs, sockets and device nodes (stored as metadata only).
     pub fn mknod(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32, rdev: u32) -> Result<Attr> {
-        let kind = match mode & libc::S_IFMT {
+        let (kind, rdev) = match mode & libc::S_IFMT {
             0 | libc::S_IFREG => {
                 let (a, fh) = self.create(ctx, parent, name, mode)?;
                 self.release(fh)?;
                 return Ok(a);
             }
-            libc::S_IFIFO => FileKind::Fifo,
-            libc::S_IFSOCK => FileKind::Socket,
-            libc::S_IFCHR => FileKind::CharDevice,
-            libc::S_IFBLK => FileKind::BlockDevice,
+            libc::S_IFIFO => (FileKind::Fifo, 0),
+            libc::S_IFSOCK => (FileKind::Socket, 0),
+            libc::S_IFCHR => (FileKind::CharDevice, rdev),
+            libc::S_IFBLK => (FileKind::BlockDevice, rdev),
             _ => return Err(VfsError::Invalid("mknod file type")),
         };
-        self.writable()?;
-        check_name(name)?;
-        let (perm, uid, gid) = self.new_owner(ctx, parent, mode, false)?;
-        let rdev = match kind {
-            FileKind::CharDevice | FileKind::BlockDevice => rdev,
-            _ => 0,
-        };
-        let i = self
-            .meta
-            .create(parent, name, kind, perm, uid, gid, now_ns(), None, rdev)?;
+        let i = self.make(ctx, parent, name, kind, mode, None, rdev)?;
         Ok(self.attr_of(i))
     }
 
@@ -286,18 +277,7 @@ impl Vfs {
         if target.is_empty() || target.len() > 4096 {
             return Err(VfsError::Invalid("symlink target"));
         }
-        let (_, uid, gid) = self.new_owner(ctx, parent, 0o777, false)?;
-        let i = self.meta.create(
-            parent,
-            name,
-            FileKind::Symlink,
-            0o777,
-            uid,
-            gid,
-            now_ns(),
-            Some(target),
-            0,
-        )?;
+        let i = self.make(ctx, parent, name, FileKind::Symlink, 0o777, Some(target), 0)?;
         Ok(self.attr_of(i))
     }
 
