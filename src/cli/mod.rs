@@ -12,6 +12,8 @@ pub mod mount;
 pub mod notify;
 pub mod passcmd;
 pub mod passwd;
+#[allow(dead_code)] // wired into unmount, fsck, gc and rekey as they land
+pub mod progress;
 pub mod s3opts;
 pub mod status;
 pub mod ui;
