@@ -33,6 +33,8 @@
 #                      It must be on the disk you want to measure.
 #   --keep             keep the work directory (logs) after the run
 #   --no-build         use an existing release binary (CRYPTBUCKET_BIN or the target dir)
+#   --crypto [--quick] only the crypto benchmarks: seal/open GB/s per core for both ciphers
+#                      next to `openssl speed` (scripts/bench-crypto.sh)
 #
 # Setup done by the script: installs gocryptfs, rclone, s3fs, fio and fuse3 with apt-get when
 # missing (sudo if not root), installs/starts a private moto server (own state dir, stopped on
@@ -75,6 +77,8 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
+        # Only the crypto micro-benchmarks (Criterion) next to `openssl speed`.
+        --crypto) shift; exec bash "$(dirname "$0")/bench-crypto.sh" "$@" ;;
         --quick) QUICK=1 ;;
         --only) need_arg "$@"; ONLY=$2; shift ;;
         --only=*) ONLY=${1#*=} ;;

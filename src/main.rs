@@ -20,6 +20,21 @@ fn main() {
         }
         return;
     }
+    // A panic is a bug: say so plainly; the Rust details only with RUST_BACKTRACE set.
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        std::panic::set_hook(Box::new(|info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            eprintln!(
+                "error: internal error (a bug in cryptbucket): {msg}
+please report it; run with RUST_BACKTRACE=1 for details"
+            );
+        }));
+    }
     let args = cli::Cli::parse();
     cli::config::set_path(args.config.clone());
     cli::ui::set_quiet(args.quiet);

@@ -45,6 +45,12 @@ pub struct VolumeConfig {
     pub passphrase_command: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_other: bool,
+    /// Unmount after this long idle ("15m", "1h30m"; see --idle-timeout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// Desktop notifications on errors that retrying cannot fix (--notify).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<bool>,
 }
 
 /// `--config FILE` as given on the command line (set once by main).
@@ -105,6 +111,14 @@ impl VolumeConfig {
                 origin.display()
             )));
         }
+        if let Some(t) = &self.idle_timeout {
+            if let Err(e) = super::idle::parse_duration(t) {
+                bail!(UsageError(format!(
+                    "in config file {}: volume `{name}`, key `idle_timeout`: {e}",
+                    origin.display()
+                )));
+            }
+        }
         if self.store.is_empty() {
             bail!(UsageError(format!(
                 "in config file {}: volume `{name}` has an empty `store`",
@@ -159,6 +173,8 @@ pub struct Applied {
     pub mountpoint: Option<PathBuf>,
     pub allow_other: bool,
     pub profile: Option<String>,
+    pub idle_timeout: Option<std::time::Duration>,
+    pub notify: Option<bool>,
 }
 
 /// If `store.store` names a volume of the configuration, replace it with that volume's store
@@ -227,6 +243,11 @@ pub fn merge(
         mountpoint: v.mountpoint.clone(),
         allow_other: v.allow_other,
         profile: v.profile.clone(),
+        idle_timeout: v
+            .idle_timeout
+            .as_deref()
+            .and_then(|t| super::idle::parse_duration(t).ok()),
+        notify: v.notify,
     }
 }
 
@@ -238,6 +259,7 @@ pub fn apply_mount(args: &mut MountArgs) -> Result<PathBuf> {
         args.cache_dir = applied.cache_dir;
     }
     args.allow_other |= applied.allow_other;
+    super::extras::apply_config(args, applied.idle_timeout, applied.notify);
     if args.mountpoint.is_none() {
         args.mountpoint = applied.mountpoint;
     }

@@ -29,6 +29,19 @@ pub enum KeySub {
         #[command(flatten)]
         new: NewKeyArgs,
     },
+    /// Save the passphrase of the volume in STORE in the desktop keyring (after checking it
+    /// opens the volume); `mount` then uses it without asking.
+    Remember {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Remove the passphrase saved for STORE from the desktop keyring.
+    Forget {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Remove key slot SLOT (its number in `key list`); the last slot cannot be removed.
     Remove {
         #[command(flatten)]
@@ -43,6 +56,14 @@ pub enum KeySub {
 pub fn run(args: KeyCmd) -> Result<()> {
     let rt = cryptbucket::volume::runtime()?;
     match args.cmd {
+        KeySub::Remember { mut store, mut key } => {
+            super::config::apply(&mut store, &mut key)?;
+            super::extras::remember(&rt, &store, &key)?;
+        }
+        KeySub::Forget { mut store } => {
+            super::config::apply(&mut store, &mut KeyArgs::default())?;
+            super::extras::forget(&store)?;
+        }
         KeySub::List { store } => {
             let s = open_store(&rt, &store, false)?;
             let slots = cryptbucket::admin::list_slots(&rt, &s)?;

@@ -18,6 +18,9 @@ pub struct Counters {
     bytes_uploaded: AtomicU64,
     bytes_downloaded: AtomicU64,
     uploads_in_flight: AtomicU64,
+    /// Milliseconds since the epoch of the first failure since the last success (0: healthy).
+    failing_since_ms: AtomicU64,
+    last_error: parking_lot::Mutex<String>,
 }
 
 /// A point-in-time copy of the counters.
@@ -44,15 +47,43 @@ impl Counters {
     fn count<T>(&self, r: &Result<T>) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         // A missing object or a lost conditional put is an answer, not a failure.
-        if let Err(e) = r {
-            if !matches!(
-                e,
-                BackendError::NotFound(_) | BackendError::PreconditionFailed(_)
-            ) {
+        match r {
+            Err(e)
+                if !matches!(
+                    e,
+                    BackendError::NotFound(_) | BackendError::PreconditionFailed(_)
+                ) =>
+            {
                 self.errors.fetch_add(1, Ordering::Relaxed);
+                let _ = self.failing_since_ms.compare_exchange(
+                    0,
+                    now_ms().max(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                *self.last_error.lock() = e.to_string();
             }
+            _ => self.failing_since_ms.store(0, Ordering::Relaxed),
         }
     }
+
+    /// How long every request has been failing (None: the last one succeeded), and the
+    /// last error.
+    pub fn failing(&self) -> Option<(std::time::Duration, String)> {
+        let since = self.failing_since_ms.load(Ordering::Relaxed);
+        if since == 0 {
+            return None;
+        }
+        let d = std::time::Duration::from_millis(now_ms().saturating_sub(since));
+        Some((d, self.last_error.lock().clone()))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug)]

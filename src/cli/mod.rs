@@ -2,20 +2,24 @@
 
 pub mod config;
 pub mod control;
+pub mod desktop;
 pub mod exit;
 pub mod gen;
+pub mod extras;
 pub mod helper;
+pub mod idle;
 pub mod init;
 pub mod key;
+pub mod keychain;
 pub mod metrics;
 pub mod mount;
 pub mod notify;
 pub mod passcmd;
 pub mod passwd;
-#[allow(dead_code)] // wired into unmount, fsck, gc and rekey as they land
 pub mod progress;
 pub mod s3opts;
 pub mod status;
+pub mod testhooks;
 pub mod ui;
 pub mod unmount;
 
@@ -35,6 +39,8 @@ use cryptbucket::backend::sse::SseMode;
 use cryptbucket::backend::ObjectStore;
 use cryptbucket::crypto::KeySource;
 use cryptbucket::volume::{HEADER_BACKUP_KEY, HEADER_KEY};
+
+use exit::UsageError;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -90,7 +96,7 @@ pub struct StoreArgs {
     pub s3: s3opts::S3Args,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct KeyArgs {
     /// Read the passphrase from this file (first line). Also: CRYPTBUCKET_PASSPHRASE.
     #[arg(long, conflicts_with = "keyfile")]
@@ -123,7 +129,9 @@ pub fn parse_store(s: &str) -> Result<StoreLocation> {
     if let Some(rest) = s.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            bail!("{s}: missing bucket name (expected s3://bucket[/prefix])");
+            bail!(UsageError(format!(
+                "{s}: missing bucket name; write the store as s3://bucket[/prefix]"
+            )));
         }
         return Ok(StoreLocation::S3 {
             bucket: bucket.to_string(),
@@ -131,7 +139,9 @@ pub fn parse_store(s: &str) -> Result<StoreLocation> {
         });
     }
     if s.contains("://") {
-        bail!("{s}: unsupported store (expected a local directory or s3://bucket[/prefix])");
+        bail!(UsageError(format!(
+            "{s}: unsupported store; give a local directory, s3://bucket[/prefix], or a volume name from the config file"
+        )));
     }
     Ok(StoreLocation::Local(PathBuf::from(s)))
 }
@@ -145,7 +155,7 @@ pub fn open_store(
     let store: Arc<dyn ObjectStore> = match parse_store(&args.store)? {
         StoreLocation::Local(dir) => {
             if args.endpoint.is_some() || args.s3.any() {
-                bail!("--endpoint, --sse*, --ca-bundle and --allow-insecure-http only apply to s3:// stores");
+                bail!(UsageError("--endpoint, --sse*, --ca-bundle and --allow-insecure-http only apply to s3:// stores; drop them for a local directory".into()));
             }
             let s = if create_local {
                 LocalStore::create(&dir)
@@ -234,7 +244,12 @@ fn keyfile_source(path: &PathBuf, create: bool) -> Result<KeySource> {
 fn passphrase_file(path: &PathBuf) -> Result<KeySource> {
     let bytes = read_secret_file(path, "passphrase file")?;
     let text = String::from_utf8(bytes.to_vec())
-        .map_err(|_| anyhow::anyhow!("passphrase file {} is not UTF-8", path.display()))?;
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "passphrase file {} is not UTF-8 text; save the passphrase as UTF-8 (or use it as a --keyfile)",
+                path.display()
+            )
+        })?;
     let pass = Zeroizing::new(text.lines().next().unwrap_or("").to_string());
     drop(Zeroizing::new(text));
     check_pass(pass)
@@ -245,7 +260,9 @@ fn passphrase_file(path: &PathBuf) -> Result<KeySource> {
 pub fn new_key_source(args: &NewKeyArgs, allow_keyfile: bool) -> Result<KeySource> {
     if let Some(path) = &args.new_keyfile {
         if !allow_keyfile {
-            bail!("--new-keyfile is only for `key add`");
+            bail!(UsageError(
+                "--new-keyfile is only for `key add`; `passwd` changes a passphrase".into()
+            ));
         }
         return keyfile_source(path, true);
     }
@@ -257,7 +274,7 @@ pub fn new_key_source(args: &NewKeyArgs, allow_keyfile: bool) -> Result<KeySourc
         return check_pass(Zeroizing::new(p));
     }
     if !std::io::stdin().is_terminal() {
-        bail!("no new key: pass --new-passphrase-file FILE, --new-keyfile FILE, or set CRYPTBUCKET_NEW_PASSPHRASE (no terminal to ask on)");
+        bail!(UsageError("no new key: pass --new-passphrase-file FILE, --new-keyfile FILE, or set CRYPTBUCKET_NEW_PASSPHRASE (no terminal to ask on)".into()));
     }
     let p = Zeroizing::new(rpassword::prompt_password("New passphrase: ")?);
     let again = Zeroizing::new(rpassword::prompt_password("New passphrase (again): ")?);
@@ -284,7 +301,7 @@ pub fn key_source(args: &KeyArgs, confirm: bool, create_keyfile: bool) -> Result
         return check_pass(Zeroizing::new(p));
     }
     if !std::io::stdin().is_terminal() {
-        bail!("no passphrase: pass --passphrase-file FILE, --keyfile FILE, --passphrase-command CMD, or set CRYPTBUCKET_PASSPHRASE (no terminal to ask on)");
+        bail!(UsageError("no passphrase: pass --passphrase-file FILE, --keyfile FILE, --passphrase-command CMD, or set CRYPTBUCKET_PASSPHRASE (no terminal to ask on)".into()));
     }
     let p = Zeroizing::new(rpassword::prompt_password("Passphrase: ")?);
     if confirm {
@@ -298,7 +315,9 @@ pub fn key_source(args: &KeyArgs, confirm: bool, create_keyfile: bool) -> Result
 
 fn check_pass(p: Zeroizing<String>) -> Result<KeySource> {
     if p.is_empty() {
-        bail!("the passphrase is empty");
+        bail!(UsageError(
+            "the passphrase is empty; type it (or fix the file, variable or command that supplies it)".into()
+        ));
     }
     Ok(KeySource::Passphrase(p))
 }

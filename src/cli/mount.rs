@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use cryptbucket::crypto::KeySource;
 use cryptbucket::fuse::FuseFs;
 
-use super::{key_source, open_store, KeyArgs, StoreArgs};
+use super::{open_store, KeyArgs, StoreArgs};
 
 /// Commit metadata to the store at least this often while mounted.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(30);
@@ -44,6 +44,8 @@ pub struct MountArgs {
     /// Take over the writer lease of a mount that is gone (its lease expired).
     #[arg(long)]
     pub break_lease: bool,
+    #[command(flatten)]
+    pub desk: super::extras::DeskArgs,
     #[arg(long, hide = true)]
     pub daemon_child: bool,
 }
@@ -56,7 +58,10 @@ fn check_mountpoint(p: &Path) -> Result<PathBuf> {
         )
     })?;
     if !meta.is_dir() {
-        bail!("mountpoint {} is not a directory", p.display());
+        bail!(
+            "mountpoint {} is not a directory; give an empty directory (mkdir it first)",
+            p.display()
+        );
     }
     let mut entries =
         std::fs::read_dir(p).with_context(|| format!("cannot read mountpoint {}", p.display()))?;
@@ -73,14 +78,18 @@ pub fn run(mut args: MountArgs) -> Result<()> {
     let mountpoint = super::config::apply_mount(&mut args)?;
     if args.daemon_child {
         let key = read_key_from_stdin()?;
-        return serve(&args, &mountpoint, key, true);
+        return serve(&args, &mountpoint, key, None);
     }
     let mnt = check_mountpoint(&mountpoint)?;
-    let key = key_source(&args.key, false, false)?;
+    let (key, remember) = super::extras::mount_key(&args)?;
     if args.foreground {
-        return serve(&args, &mountpoint, key, false);
+        return serve(&args, &mountpoint, key, remember);
     }
-    spawn_daemon(&mnt, key)
+    spawn_daemon(&mnt, key)?;
+    if let Some(r) = remember {
+        r.save();
+    }
+    Ok(())
 }
 
 /// Start the serving child with the same arguments, hand it the key on stdin, and wait
@@ -91,8 +100,13 @@ fn spawn_daemon(mnt: &Path, key: KeySource) -> Result<()> {
     cmd.args(std::env::args_os().skip(1))
         .arg("--daemon-child")
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdout(Stdio::piped());
+    // Under systemd the daemon logs straight to the journal, errors before READY included.
+    if super::extras::stderr_is_journal() {
+        cmd.stderr(Stdio::inherit());
+    } else {
+        cmd.stderr(Stdio::piped());
+    }
     let mut child = cmd.spawn().context("cannot start the mount daemon")?;
     {
         let mut stdin = child.stdin.take().context("daemon stdin")?;
@@ -124,7 +138,7 @@ fn spawn_daemon(mnt: &Path, key: KeySource) -> Result<()> {
     }
     eprint!("{err}");
     if status.success() {
-        bail!("the mount daemon exited before the mount was ready");
+        bail!("the mount daemon exited before the mount was ready; run the same command with --foreground -v to see why");
     }
     std::process::exit(status.code().unwrap_or(1));
 }
@@ -161,14 +175,24 @@ pub fn pid_file(mnt: &Path) -> PathBuf {
     runtime_dir().join(format!("{}.pid", &h[..32]))
 }
 
-fn serve(args: &MountArgs, mountpoint: &Path, key: KeySource, child: bool) -> Result<()> {
+fn serve(
+    args: &MountArgs,
+    mountpoint: &Path,
+    key: KeySource,
+    remember: Option<super::extras::Remember>,
+) -> Result<()> {
+    let child = args.daemon_child;
     if child {
         // SAFETY: detaching from the parent's session has no memory-safety effect.
         unsafe { libc::setsid() };
     }
     let mnt = check_mountpoint(mountpoint)?;
     let rt = cryptbucket::volume::runtime()?;
-    let counting = super::metrics::CountingStore::new(open_store(&rt, &args.store, false)?);
+    let counting = super::metrics::CountingStore::new(super::testhooks::wrap(open_store(
+        &rt,
+        &args.store,
+        false,
+    )?));
     let counters = counting.counters.clone();
     let open_opts = cryptbucket::volume::OpenOptions {
         cache_dir: args.cache_dir.clone(),
@@ -177,7 +201,12 @@ fn serve(args: &MountArgs, mountpoint: &Path, key: KeySource, child: bool) -> Re
     };
     let vol = cryptbucket::volume::open_with(rt, Arc::new(counting), &key, &open_opts)?;
     drop(key);
-    let log_path = vol.cache_dir.join("cryptbucket.log");
+    let journal = child && super::extras::stderr_is_journal();
+    let log_path = if journal {
+        PathBuf::from("the systemd journal")
+    } else {
+        vol.cache_dir.join("cryptbucket.log")
+    };
     let mut opts = vec![
         MountOption::FSName(format!("cryptbucket:{}", args.store.store)),
         MountOption::Subtype("cryptbucket".into()),
@@ -187,7 +216,8 @@ fn serve(args: &MountArgs, mountpoint: &Path, key: KeySource, child: bool) -> Re
     if args.allow_other {
         opts.push(MountOption::AllowOther);
     }
-    let fs = FuseFs::new(vol.vfs.clone());
+    let activity = super::idle::Activity::new();
+    let fs = super::idle::Watched::new(FuseFs::new(vol.vfs.clone()), activity.clone());
     let session = fuser::spawn_mount2(fs, &mnt, &opts).with_context(|| {
         format!(
             "cannot mount at {} (is fuse3 installed and /dev/fuse usable?)",
@@ -206,16 +236,22 @@ fn serve(args: &MountArgs, mountpoint: &Path, key: KeySource, child: bool) -> Re
         cache_dir: vol.cache_dir.clone(),
         log: child.then(|| log_path.clone()),
     };
-    if let Err(e) = super::control::start(info, vol.vfs.clone(), counters) {
+    let mut notifier =
+        super::desktop::Notifier::new(args.desk.notify, mnt.clone(), info.log.clone());
+    if let Err(e) = super::control::start(info, vol.vfs.clone(), counters.clone()) {
         tracing::warn!("no status for this mount: {e:#}");
     }
     tracing::info!("mounted volume {} at {}", vol.volume_id, mnt.display());
     super::notify::ready(&format!("mounted at {}", mnt.display()));
+    if let Some(r) = remember {
+        r.save();
+    }
     if child {
         println!("READY {}", log_path.display());
         std::io::stdout().flush()?;
-        redirect_output(&log_path)?;
+        redirect_output(if journal { None } else { Some(&log_path) })?;
     }
+    let idle_timeout = args.desk.idle_timeout.unwrap_or(Duration::ZERO);
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
@@ -241,22 +277,40 @@ fn serve(args: &MountArgs, mountpoint: &Path, key: KeySource, child: bool) -> Re
             }
         }
         if last_renew.elapsed() > LEASE_RENEW_INTERVAL {
-            if let Err(e) = vol.lease.renew() {
+            let r = vol.lease.renew();
+            if let Err(e) = &r {
                 tracing::warn!("could not renew the writer lease: {e}");
             }
+            notifier.lease_result(r.err().map(|e| e.to_string()).as_deref());
             last_renew = Instant::now();
         }
         if last_commit.elapsed() > COMMIT_INTERVAL {
-            if let Err(e) = vol.vfs.commit() {
+            let r = vol.vfs.commit();
+            if let Err(e) = &r {
                 tracing::warn!("periodic commit failed (will retry): {e}");
             }
+            notifier.commit_result(r.err().map(|e| e.to_string()).as_deref());
             last_commit = Instant::now();
+        }
+        notifier.store_state(counters.failing());
+        if idle_due(idle_timeout, &activity, &vol.vfs) {
+            tracing::info!(
+                "idle for {}s (--idle-timeout): unmounting {}",
+                activity.idle_for().as_secs(),
+                mnt.display()
+            );
+            if let Err(e) = fusermount_u(&mnt) {
+                tracing::info!("idle, but cannot unmount yet ({e}); still serving");
+                // Wait a full period before trying again.
+                activity.touch();
+            }
         }
     }
     drop(session);
-    let _ = std::fs::remove_file(super::control::socket_path(&mnt));
     tracing::info!("unmounted; writing everything to the store");
     let res = flush_with_retries(&vol.vfs);
+    // The socket outlives the FUSE session so `unmount` can show the final upload's progress.
+    let _ = std::fs::remove_file(super::control::socket_path(&mnt));
     match &res {
         Ok(()) => {
             vol.lease.release();
@@ -266,6 +320,10 @@ fn serve(args: &MountArgs, mountpoint: &Path, key: KeySource, child: bool) -> Re
             std::process::exit(0);
         }
         Err(e) => {
+            notifier.fatal(
+                "cryptbucket: unmounted with data not saved",
+                "could not write everything to the store; the rest is kept in the cache dir and written at the next mount",
+            );
             let _ = std::fs::write(pidf.with_extension("err"), format!("{e:#}"));
             let _ = std::fs::remove_file(&pidf);
         }
@@ -291,14 +349,30 @@ fn flush_with_retries(vfs: &cryptbucket::vfs::Vfs) -> Result<()> {
     }
 }
 
-/// After the parent has seen READY: stdout to /dev/null, stderr (and so the log) to a file.
-fn redirect_output(log: &Path) -> Result<()> {
+fn idle_due(timeout: Duration, activity: &super::idle::Activity, vfs: &cryptbucket::vfs::Vfs) -> bool {
+    if timeout.is_zero() || activity.idle_for() < timeout {
+        return false;
+    }
+    let s = vfs.stats();
+    super::idle::should_unmount(timeout, activity.idle_for(), s.open_files, s.dirty_bytes)
+}
+
+fn fusermount_u(mnt: &Path) -> Result<()> {
+    let o = Command::new("fusermount3")
+        .arg("-u")
+        .arg(mnt)
+        .output()
+        .context("cannot run fusermount3")?;
+    if !o.status.success() {
+        bail!("{}", String::from_utf8_lossy(&o.stderr).trim());
+    }
+    Ok(())
+}
+
+/// After the parent has seen READY: stdout to /dev/null, stderr (and so the log) to a file,
+/// or left alone when it is the systemd journal (`log` None).
+fn redirect_output(log: Option<&Path>) -> Result<()> {
     use std::os::unix::io::AsRawFd;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot open log {}", log.display()))?;
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -307,7 +381,15 @@ fn redirect_output(log: &Path) -> Result<()> {
     unsafe {
         libc::dup2(null.as_raw_fd(), 0);
         libc::dup2(null.as_raw_fd(), 1);
-        libc::dup2(f.as_raw_fd(), 2);
+    }
+    if let Some(log) = log {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open log {}", log.display()))?;
+        // SAFETY: as above.
+        unsafe { libc::dup2(f.as_raw_fd(), 2) };
     }
     Ok(())
 }

@@ -51,7 +51,7 @@ impl S3Args {
     pub fn sse(&self) -> Result<(Option<SseMode>, Option<Arc<SseCustomerKey>>)> {
         if let Some(path) = &self.sse_c_key_file {
             if self.sse_kms_key_id.is_some() || self.bucket_key {
-                bail!("--sse-kms-key-id and --bucket-key do not apply to SSE-C");
+                bail!(super::exit::UsageError("--sse-kms-key-id and --bucket-key do not apply to SSE-C; drop them, or use --sse aws:kms".into()));
             }
             let bytes = zeroize::Zeroizing::new(
                 std::fs::read(path)

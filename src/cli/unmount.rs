@@ -7,11 +7,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use super::control::Status;
 use super::mount::pid_file;
+use super::progress::{Progress, Unit};
 
 #[derive(Args, Debug)]
 pub struct UnmountArgs {
     pub mountpoint: PathBuf,
+    /// Detach now even if files are open (fusermount3 -z); the daemon finishes writing once
+    /// the last of them is closed, and this command waits for that.
+    #[arg(long)]
+    pub lazy: bool,
 }
 
 fn is_mounted(mnt: &std::path::Path) -> bool {
@@ -42,14 +48,23 @@ pub fn run(args: UnmountArgs) -> Result<()> {
     let mnt = std::fs::canonicalize(&args.mountpoint)
         .with_context(|| format!("{}: no such directory", args.mountpoint.display()))?;
     if !is_mounted(&mnt) {
-        bail!("{} is not mounted", mnt.display());
+        bail!(
+            "{} is not mounted (nothing to do; `cryptbucket status` lists live mounts)",
+            mnt.display()
+        );
     }
     let pidf = pid_file(&mnt);
     let pid: Option<i32> = std::fs::read_to_string(&pidf)
         .ok()
         .and_then(|s| s.trim().parse().ok());
-    let out = Command::new("fusermount3")
-        .arg("-u")
+    let sock = super::control::socket_path(&mnt);
+    let before = super::control::query(&sock).ok();
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg("-u");
+    if args.lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd
         .arg(&mnt)
         .output()
         .context("cannot run fusermount3 (install the fuse3 package)")?;
@@ -57,22 +72,15 @@ pub fn run(args: UnmountArgs) -> Result<()> {
         let msg = String::from_utf8_lossy(&out.stderr);
         if msg.contains("busy") {
             bail!(
-                "{} is busy: close the files open on it (and leave the directory), then retry",
+                "{} is busy: a process has a file open on it or its current directory inside it; close those (`fuser -vm {}` lists them) and retry, or use --lazy to detach now and finish when they are closed",
+                mnt.display(),
                 mnt.display()
             );
         }
         bail!("cannot unmount {}: {}", mnt.display(), msg.trim());
     }
     if let Some(pid) = pid {
-        let start = Instant::now();
-        let mut told = false;
-        while alive(pid) {
-            if !told && start.elapsed() > Duration::from_secs(1) {
-                eprintln!("waiting for cryptbucket (pid {pid}) to finish writing to the store...");
-                told = true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_daemon(pid, &sock, before);
     }
     let errf = pidf.with_extension("err");
     if let Ok(err) = std::fs::read_to_string(&errf) {
@@ -80,4 +88,76 @@ pub fn run(args: UnmountArgs) -> Result<()> {
         bail!("unmounted, but the final flush failed: {err}");
     }
     Ok(())
+}
+
+/// Wait until the daemon has exited, showing the upload of what was still dirty as a
+/// progress bar (plain lines when stderr is not a terminal). The numbers come from the
+/// daemon's control socket, which stays up until its final flush is done.
+fn wait_for_daemon(pid: i32, sock: &std::path::Path, before: Option<Status>) {
+    let start = Instant::now();
+    let base = before.as_ref().map(|s| s.backend.bytes_uploaded);
+    let mut bar: Option<Progress> = None;
+    let mut told = false;
+    let mut total = 0u64;
+    while alive(pid) {
+        std::thread::sleep(Duration::from_millis(100));
+        if start.elapsed() < Duration::from_millis(500) {
+            continue;
+        }
+        let Ok(st) = super::control::query(sock) else {
+            if !told && bar.is_none() && start.elapsed() > Duration::from_secs(1) {
+                eprintln!("waiting for cryptbucket (pid {pid}) to finish writing to the store...");
+                told = true;
+            }
+            continue;
+        };
+        let (pos, len) = upload_progress(base, &st, total);
+        total = len;
+        let busy = st.dirty_bytes > 0 || st.backend.uploads_in_flight > 0;
+        if bar.is_none() && (busy || len > 0) {
+            bar = Some(Progress::new("unmount: uploading", len, Unit::Bytes));
+        }
+        if let Some(b) = &bar {
+            b.set_length(len);
+            b.set_position(pos);
+        }
+    }
+    if let Some(b) = bar {
+        b.set_position(total);
+        b.finish(&format!("{} written to the store", indicatif::HumanBytes(total)));
+    }
+}
+
+/// Bytes uploaded since unmount began, and the total to upload: what is uploaded plus what
+/// is still dirty, never shrinking below an earlier total.
+fn upload_progress(base: Option<u64>, st: &Status, prev_total: u64) -> (u64, u64) {
+    let uploaded = base.map_or(0, |b| st.backend.bytes_uploaded.saturating_sub(b));
+    let total = (uploaded + st.dirty_bytes).max(prev_total).max(uploaded);
+    (uploaded, total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(uploaded: u64, dirty: u64) -> Status {
+        serde_json::from_value(serde_json::json!({
+            "mountpoint": "/m", "store": "/s", "volume_id": "v", "pid": 1,
+            "cache_dir": "/c", "log": null, "started": 0, "uptime_secs": 0,
+            "open_files": 0, "dirty_bytes": dirty, "uncommitted_changes": false,
+            "last_commit": null,
+            "backend": {"requests": 0, "errors": 0, "bytes_uploaded": uploaded,
+                        "bytes_downloaded": 0, "uploads_in_flight": 0}
+        }))
+        .expect("status")
+    }
+
+    #[test]
+    fn progress_counts_from_the_start_of_unmount() {
+        assert_eq!(upload_progress(Some(100), &st(100, 1000), 0), (0, 1000));
+        assert_eq!(upload_progress(Some(100), &st(600, 500), 1000), (500, 1000));
+        // Dirty data drops to zero as the last chunk lands: the total does not shrink.
+        assert_eq!(upload_progress(Some(100), &st(1100, 0), 1000), (1000, 1000));
+        assert_eq!(upload_progress(None, &st(5000, 10), 0), (0, 10));
+    }
 }

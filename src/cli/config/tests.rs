@@ -15,6 +15,8 @@ fn full(store: &str) -> VolumeConfig {
         passphrase_file: None,
         passphrase_command: None,
         allow_other: true,
+        idle_timeout: Some("15m".into()),
+        notify: Some(true),
     }
 }
 
@@ -195,4 +197,29 @@ fn configuration_md_lists_every_option_once_with_a_default() {
             rows[0]
         );
     }
+}
+
+#[test]
+fn idle_timeout_and_notify_reach_mount() {
+    let e = err("[volumes.a]\nstore = \"/srv/a\"\nidle_timeout = \"10 parsecs\"\n");
+    assert!(e.contains("idle_timeout") && e.contains("not a duration"), "{e}");
+    let e = err("[volumes.a]\nstore = \"/srv/a\"\nnotify = \"yes\"\n");
+    assert!(e.contains("line 3") && e.contains("notify"), "{e}");
+    let cfg = parse("[volumes.a]\nstore = \"/srv/a\"\nidle_timeout = \"1h30m\"\nnotify = true\n")
+        .expect("parse");
+    let v = &cfg.volumes["a"];
+    let mut store = StoreArgs {
+        store: "a".into(),
+        endpoint: None,
+        region: None,
+        s3: Default::default(),
+    };
+    let mut key = KeyArgs {
+        passphrase_file: None,
+        keyfile: None,
+        passphrase_command: None,
+    };
+    let applied = merge(v, &mut store, &mut key, false);
+    assert_eq!(applied.idle_timeout, Some(std::time::Duration::from_secs(5400)));
+    assert_eq!(applied.notify, Some(true));
 }
