@@ -30,7 +30,7 @@ fn main() {
                 .or_else(|| info.payload().downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             eprintln!(
-                "error: internal error (a bug in cryptbucket): {msg}
+                "error: internal error: cryptbucket panicked (a bug): {msg}
 please report it; run with RUST_BACKTRACE=1 for details"
             );
         }));

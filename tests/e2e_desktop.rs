@@ -311,3 +311,113 @@ fn notify_send_reports_an_unreachable_store() {
     assert_eq!(fs::read(mnt.join("after.txt")).expect("read"), b"back");
     m.unmount();
 }
+
+#[test]
+fn keyring_without_a_secret_service_is_a_clear_error() {
+    let work = tempdir();
+    let w = work.path();
+    let vol = local_volume(w);
+    vol.init();
+    let run_dir = w.join("run");
+    fs::create_dir(&run_dir).expect("mkdir");
+    let headless = |c: &mut Command| {
+        c.env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .env("XDG_RUNTIME_DIR", &run_dir);
+    };
+    let mut c = vol.cmd("key", &["remember", &vol.store]);
+    headless(&mut c);
+    let o = run(&mut c, CMD_TIMEOUT);
+    o.assert_clean_failure();
+    assert_eq!(o.status.code(), Some(2), "{o}");
+    o.assert_stderr_mentions(&["no desktop keyring (secret service) is reachable"]);
+    o.assert_stderr_mentions(&["--passphrase-file"]);
+
+    // A mount on such a box just does not find a saved passphrase and goes on as usual.
+    let mut c = vol.with_key(Key::Nothing).cmd("mount", &[&vol.store, "/nonexistent-mnt"]);
+    headless(&mut c);
+    let o = run(&mut c, CMD_TIMEOUT);
+    o.assert_clean_failure();
+    assert!(!o.stderr.contains("keyring"), "no keyring noise: {o}");
+}
+
+/// A real Secret Service: gnome-keyring in a private D-Bus session (skipped where they are
+/// not installed: `apt-get install gnome-keyring dbus`).
+#[test]
+fn keyring_remember_mount_forget_with_gnome_keyring() {
+    require_fuse!("keyring_remember_mount_forget_with_gnome_keyring");
+    if !have_tool("gnome-keyring-daemon") || !have_tool("dbus-run-session") {
+        note_skip(
+            "keyring_remember_mount_forget_with_gnome_keyring",
+            "gnome-keyring-daemon or dbus-run-session not installed",
+        );
+        return;
+    }
+    let _lock = heavy_lock();
+    let work = tempdir();
+    let w = work.path();
+    let vol = local_volume(w);
+    vol.init();
+    let mnt = w.join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let cache = w.join("cache");
+    let home = w.join("home");
+    fs::create_dir(&home).expect("mkdir");
+    let script = format!(
+        r#"set -u
+# A fresh login keyring, unlocked with an empty password.
+eval "$(printf '' | gnome-keyring-daemon --unlock --components=secrets)"
+export GNOME_KEYRING_CONTROL
+CB={bin}
+S={store}
+echo "== forget-nothing"; $CB key forget "$S"; echo "rc=$?"
+echo "== remember"; CRYPTBUCKET_PASSPHRASE={pass} $CB key remember "$S" </dev/null; echo "rc=$?"
+echo "== remember-wrong"; CRYPTBUCKET_PASSPHRASE=wrong $CB key remember "$S" </dev/null; echo "rc=$?"
+echo "== mount"; $CB mount "$S" {mnt} --cache-dir {cache} </dev/null; echo "rc=$?"
+cat {mnt}/hello.txt 2>/dev/null; echo
+$CB unmount {mnt}; echo "unmount rc=$?"
+echo "== forget"; $CB key forget "$S"; echo "rc=$?"
+echo "== mount-after-forget"; $CB mount "$S" {mnt} --cache-dir {cache} </dev/null; echo "rc=$?"
+kill "$GNOME_KEYRING_PID" 2>/dev/null
+"#,
+        bin = bin(),
+        store = vol.store,
+        pass = PASS,
+        mnt = mnt.display(),
+        cache = cache.display(),
+    );
+    // Put a file in the volume first, to read back through the keyring-unlocked mount.
+    let m = vol.mount(&mnt, &cache);
+    fs::write(mnt.join("hello.txt"), b"unlocked by the keyring").expect("write");
+    m.unmount();
+
+    let mut c = Command::new("dbus-run-session");
+    c.args(["--", "sh", "-c", &script])
+        .env("HOME", &home)
+        .env("XDG_DATA_HOME", home.join(".local/share"))
+        .env("XDG_RUNTIME_DIR", w)
+        .env("CRYPTBUCKET_TEST_FAST_KDF", "1")
+        .env_remove("CRYPTBUCKET_PASSPHRASE")
+        .env_remove("CRYPTBUCKET_NO_KEYRING");
+    let o = run(&mut c, BULK_TIMEOUT);
+    let guard = Mount::adopt(&mnt, &cache);
+    let out = format!("{}\n{}", o.stdout, o.stderr);
+    let section = |name: &str| -> String {
+        let start = out.find(&format!("== {name}\n")).unwrap_or_else(|| panic!("{name}: {out}"));
+        let rest = &out[start + name.len() + 4..];
+        rest[..rest.find("== ").unwrap_or(rest.len())].to_string()
+    };
+    assert!(section("forget-nothing").contains("rc=2"), "{out}");
+    assert!(section("remember").contains("rc=0"), "{out}");
+    let wrong = section("remember-wrong");
+    assert!(wrong.contains("rc=1") && wrong.contains("nothing was saved"), "{out}");
+    let mounted = section("mount");
+    assert!(mounted.contains("rc=0"), "{out}");
+    assert!(mounted.contains("unlocked by the keyring"), "{out}");
+    assert!(mounted.contains("unmount rc=0"), "{out}");
+    assert!(section("forget").contains("rc=0"), "{out}");
+    let after = section("mount-after-forget");
+    assert!(after.contains("no passphrase") && !after.contains("rc=0"), "{out}");
+    assert!(!out.contains(PASS), "the passphrase leaked into output: {out}");
+    assert!(!is_mounted(&mnt));
+    guard.forget();
+}
