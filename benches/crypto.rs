@@ -8,7 +8,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use cryptbucket::crypto::{Cipher, ChunkId, VolumeKeys, VolumeParams};
+use cryptbucket::crypto::{ChunkId, Cipher, VolumeKeys, VolumeParams};
 
 const BLOCK: u32 = 64 * 1024;
 
@@ -34,7 +34,10 @@ fn seal_open(c: &mut Criterion) {
             let mut g = c.benchmark_group(format!("{name}/{shape}"));
             g.throughput(Throughput::Bytes(u64::from(len)));
             g.bench_function(BenchmarkId::from_parameter("seal"), |b| {
-                b.iter(|| k.seal_chunk(&id, std::hint::black_box(&plain)).expect("seal"))
+                b.iter(|| {
+                    k.seal_chunk(&id, std::hint::black_box(&plain))
+                        .expect("seal")
+                })
             });
             let sealed = k.seal_chunk(&id, &plain).expect("seal");
             g.bench_function(BenchmarkId::from_parameter("open"), |b| {

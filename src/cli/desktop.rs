@@ -69,7 +69,11 @@ impl Notifier {
                     d.as_secs(),
                     self.where_to_look()
                 );
-                self.raise(Problem::Unreachable, "cryptbucket: store unreachable", &body);
+                self.raise(
+                    Problem::Unreachable,
+                    "cryptbucket: store unreachable",
+                    &body,
+                );
             }
             Some(_) => {}
             None => {
@@ -182,7 +186,10 @@ mod tests {
         let mut n = Notifier::new(false, "/mnt/x".into(), None);
         let long = Some((Duration::from_secs(600), "timeout".to_string()));
         n.store_state(Some((Duration::from_secs(1), "timeout".into())));
-        assert!(n.active.is_empty(), "a short outage is not worth a notification");
+        assert!(
+            n.active.is_empty(),
+            "a short outage is not worth a notification"
+        );
         n.store_state(long.clone());
         n.store_state(long.clone());
         assert_eq!(n.active, vec![Problem::Unreachable]);

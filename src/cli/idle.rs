@@ -86,9 +86,29 @@ impl<F: Filesystem> Filesystem for Watched<F> {
         self.inner.getattr(req, ino, fh, reply)
     }
 
-    fn setattr(&mut self, req: &Request<'_>, ino: u64, mode: Option<u32>, uid: Option<u32>, gid: Option<u32>, size: Option<u64>, atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>, ctime: Option<SystemTime>, fh: Option<u64>, crtime: Option<SystemTime>, chgtime: Option<SystemTime>, bkuptime: Option<SystemTime>, flags: Option<u32>, reply: ReplyAttr) {
+    fn setattr(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        fh: Option<u64>,
+        crtime: Option<SystemTime>,
+        chgtime: Option<SystemTime>,
+        bkuptime: Option<SystemTime>,
+        flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
         self.touch();
-        self.inner.setattr(req, ino, mode, uid, gid, size, atime, mtime, ctime, fh, crtime, chgtime, bkuptime, flags, reply)
+        self.inner.setattr(
+            req, ino, mode, uid, gid, size, atime, mtime, ctime, fh, crtime, chgtime, bkuptime,
+            flags, reply,
+        )
     }
 
     fn readlink(&mut self, req: &Request<'_>, ino: u64, reply: ReplyData) {
@@ -96,12 +116,30 @@ impl<F: Filesystem> Filesystem for Watched<F> {
         self.inner.readlink(req, ino, reply)
     }
 
-    fn mknod(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         self.touch();
-        self.inner.mknod(req, parent, name, mode, umask, rdev, reply)
+        self.inner
+            .mknod(req, parent, name, mode, umask, rdev, reply)
     }
 
-    fn mkdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         self.touch();
         self.inner.mkdir(req, parent, name, mode, umask, reply)
     }
@@ -116,17 +154,41 @@ impl<F: Filesystem> Filesystem for Watched<F> {
         self.inner.rmdir(req, parent, name, reply)
     }
 
-    fn symlink(&mut self, req: &Request<'_>, parent: u64, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         self.touch();
         self.inner.symlink(req, parent, link_name, target, reply)
     }
 
-    fn rename(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32, reply: ReplyEmpty) {
+    fn rename(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
         self.touch();
-        self.inner.rename(req, parent, name, newparent, newname, flags, reply)
+        self.inner
+            .rename(req, parent, name, newparent, newname, flags, reply)
     }
 
-    fn link(&mut self, req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         self.touch();
         self.inner.link(req, ino, newparent, newname, reply)
     }
@@ -136,14 +198,46 @@ impl<F: Filesystem> Filesystem for Watched<F> {
         self.inner.open(req, ino, flags, reply)
     }
 
-    fn read(&mut self, req: &Request<'_>, ino: u64, fh: u64, offset: i64, size: u32, flags: i32, lock_owner: Option<u64>, reply: ReplyData) {
+    fn read(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        flags: i32,
+        lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
         self.touch();
-        self.inner.read(req, ino, fh, offset, size, flags, lock_owner, reply)
+        self.inner
+            .read(req, ino, fh, offset, size, flags, lock_owner, reply)
     }
 
-    fn write(&mut self, req: &Request<'_>, ino: u64, fh: u64, offset: i64, data: &[u8], write_flags: u32, flags: i32, lock_owner: Option<u64>, reply: ReplyWrite) {
+    fn write(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        write_flags: u32,
+        flags: i32,
+        lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
         self.touch();
-        self.inner.write(req, ino, fh, offset, data, write_flags, flags, lock_owner, reply)
+        self.inner.write(
+            req,
+            ino,
+            fh,
+            offset,
+            data,
+            write_flags,
+            flags,
+            lock_owner,
+            reply,
+        )
     }
 
     fn flush(&mut self, req: &Request<'_>, ino: u64, fh: u64, lock_owner: u64, reply: ReplyEmpty) {
@@ -151,9 +245,19 @@ impl<F: Filesystem> Filesystem for Watched<F> {
         self.inner.flush(req, ino, fh, lock_owner, reply)
     }
 
-    fn release(&mut self, req: &Request<'_>, ino: u64, fh: u64, flags: i32, lock_owner: Option<u64>, flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        flags: i32,
+        lock_owner: Option<u64>,
+        flush: bool,
+        reply: ReplyEmpty,
+    ) {
         self.touch();
-        self.inner.release(req, ino, fh, flags, lock_owner, flush, reply)
+        self.inner
+            .release(req, ino, fh, flags, lock_owner, flush, reply)
     }
 
     fn fsync(&mut self, req: &Request<'_>, ino: u64, fh: u64, datasync: bool, reply: ReplyEmpty) {
@@ -166,12 +270,26 @@ impl<F: Filesystem> Filesystem for Watched<F> {
         self.inner.opendir(req, ino, flags, reply)
     }
 
-    fn readdir(&mut self, req: &Request<'_>, ino: u64, fh: u64, offset: i64, reply: ReplyDirectory) {
+    fn readdir(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        reply: ReplyDirectory,
+    ) {
         self.touch();
         self.inner.readdir(req, ino, fh, offset, reply)
     }
 
-    fn readdirplus(&mut self, req: &Request<'_>, ino: u64, fh: u64, offset: i64, reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        reply: ReplyDirectoryPlus,
+    ) {
         self.touch();
         self.inner.readdirplus(req, ino, fh, offset, reply)
     }
@@ -181,7 +299,14 @@ impl<F: Filesystem> Filesystem for Watched<F> {
         self.inner.releasedir(req, ino, fh, flags, reply)
     }
 
-    fn fsyncdir(&mut self, req: &Request<'_>, ino: u64, fh: u64, datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.touch();
         self.inner.fsyncdir(req, ino, fh, datasync, reply)
     }
@@ -190,12 +315,29 @@ impl<F: Filesystem> Filesystem for Watched<F> {
         self.inner.statfs(req, ino, reply)
     }
 
-    fn setxattr(&mut self, req: &Request<'_>, ino: u64, name: &OsStr, value: &[u8], flags: i32, position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
         self.touch();
-        self.inner.setxattr(req, ino, name, value, flags, position, reply)
+        self.inner
+            .setxattr(req, ino, name, value, flags, position, reply)
     }
 
-    fn getxattr(&mut self, req: &Request<'_>, ino: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
         self.touch();
         self.inner.getxattr(req, ino, name, size, reply)
     }
@@ -215,19 +357,54 @@ impl<F: Filesystem> Filesystem for Watched<F> {
         self.inner.access(req, ino, mask, reply)
     }
 
-    fn create(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         self.touch();
-        self.inner.create(req, parent, name, mode, umask, flags, reply)
+        self.inner
+            .create(req, parent, name, mode, umask, flags, reply)
     }
 
-    fn getlk(&mut self, req: &Request<'_>, ino: u64, fh: u64, lock_owner: u64, start: u64, end: u64, typ: i32, pid: u32, reply: ReplyLock) {
+    fn getlk(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
         self.touch();
-        self.inner.getlk(req, ino, fh, lock_owner, start, end, typ, pid, reply)
+        self.inner
+            .getlk(req, ino, fh, lock_owner, start, end, typ, pid, reply)
     }
 
-    fn setlk(&mut self, req: &Request<'_>, ino: u64, fh: u64, lock_owner: u64, start: u64, end: u64, typ: i32, pid: u32, sleep: bool, reply: ReplyEmpty) {
+    fn setlk(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
         self.touch();
-        self.inner.setlk(req, ino, fh, lock_owner, start, end, typ, pid, sleep, reply)
+        self.inner
+            .setlk(req, ino, fh, lock_owner, start, end, typ, pid, sleep, reply)
     }
 
     fn bmap(&mut self, req: &Request<'_>, ino: u64, blocksize: u32, idx: u64, reply: ReplyBmap) {
@@ -235,24 +412,67 @@ impl<F: Filesystem> Filesystem for Watched<F> {
         self.inner.bmap(req, ino, blocksize, idx, reply)
     }
 
-    fn ioctl(&mut self, req: &Request<'_>, ino: u64, fh: u64, flags: u32, cmd: u32, in_data: &[u8], out_size: u32, reply: ReplyIoctl) {
+    fn ioctl(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        flags: u32,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
         self.touch();
-        self.inner.ioctl(req, ino, fh, flags, cmd, in_data, out_size, reply)
+        self.inner
+            .ioctl(req, ino, fh, flags, cmd, in_data, out_size, reply)
     }
 
-    fn fallocate(&mut self, req: &Request<'_>, ino: u64, fh: u64, offset: i64, length: i64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         self.touch();
-        self.inner.fallocate(req, ino, fh, offset, length, mode, reply)
+        self.inner
+            .fallocate(req, ino, fh, offset, length, mode, reply)
     }
 
-    fn lseek(&mut self, req: &Request<'_>, ino: u64, fh: u64, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         self.touch();
         self.inner.lseek(req, ino, fh, offset, whence, reply)
     }
 
-    fn copy_file_range(&mut self, req: &Request<'_>, ino_in: u64, fh_in: u64, offset_in: i64, ino_out: u64, fh_out: u64, offset_out: i64, len: u64, flags: u32, reply: ReplyWrite) {
+    fn copy_file_range(
+        &mut self,
+        req: &Request<'_>,
+        ino_in: u64,
+        fh_in: u64,
+        offset_in: i64,
+        ino_out: u64,
+        fh_out: u64,
+        offset_out: i64,
+        len: u64,
+        flags: u32,
+        reply: ReplyWrite,
+    ) {
         self.touch();
-        self.inner.copy_file_range(req, ino_in, fh_in, offset_in, ino_out, fh_out, offset_out, len, flags, reply)
+        self.inner.copy_file_range(
+            req, ino_in, fh_in, offset_in, ino_out, fh_out, offset_out, len, flags, reply,
+        )
     }
 }
 
@@ -315,7 +535,9 @@ mod tests {
         let e = parse_duration("10x").expect_err("bad unit");
         assert!(e.contains("unknown unit `x`"), "{e}");
         assert!(parse_duration("m").is_err());
-        assert!(parse_duration("5m3").expect_err("no unit").contains("has no unit"));
+        assert!(parse_duration("5m3")
+            .expect_err("no unit")
+            .contains("has no unit"));
     }
 
     #[test]
@@ -325,7 +547,12 @@ mod tests {
         assert!(!should_unmount(t, Duration::from_secs(59), 0, 0));
         assert!(!should_unmount(t, Duration::from_secs(600), 1, 0));
         assert!(!should_unmount(t, Duration::from_secs(600), 0, 4096));
-        assert!(!should_unmount(Duration::ZERO, Duration::from_secs(600), 0, 0));
+        assert!(!should_unmount(
+            Duration::ZERO,
+            Duration::from_secs(600),
+            0,
+            0
+        ));
     }
 
     #[test]

@@ -150,7 +150,10 @@ mod tests {
         let e = mock_entry("/tmp/store");
         assert_eq!(get(&e).expect("get"), None, "nothing saved yet");
         e.set_password("correct horse").expect("set");
-        assert_eq!(get(&e).expect("get").as_deref().map(String::as_str), Some("correct horse"));
+        assert_eq!(
+            get(&e).expect("get").as_deref().map(String::as_str),
+            Some("correct horse")
+        );
         assert!(delete(&e).expect("delete"));
         assert!(!delete(&e).expect("second delete"), "already gone");
         assert_eq!(get(&e).expect("get"), None);
@@ -159,16 +162,26 @@ mod tests {
     #[test]
     fn keyring_failures_say_what_to_do() {
         let e = mock_entry("/tmp/store");
-        let mock: &keyring::mock::MockCredential =
-            e.get_credential().downcast_ref().expect("a mock credential");
-        mock.set_error(keyring::Error::PlatformFailure("org.freedesktop.DBus.Error.ServiceUnknown".into()));
+        let mock: &keyring::mock::MockCredential = e
+            .get_credential()
+            .downcast_ref()
+            .expect("a mock credential");
+        mock.set_error(keyring::Error::PlatformFailure(
+            "org.freedesktop.DBus.Error.ServiceUnknown".into(),
+        ));
         let err = get(&e).expect_err("injected failure");
         let msg = format!("{:#}", explain(err, "read the passphrase"));
-        assert!(msg.contains("no desktop keyring (Secret Service) is reachable"), "{msg}");
+        assert!(
+            msg.contains("no desktop keyring (Secret Service) is reachable"),
+            "{msg}"
+        );
         assert!(msg.contains("--passphrase-file"), "{msg}");
         let locked = explain(keyring::Error::NoStorageAccess("locked".into()), "save");
         assert!(format!("{locked}").contains("unlock it"));
-        assert_eq!(super::super::exit::code_for(&locked), super::super::exit::USAGE);
+        assert_eq!(
+            super::super::exit::code_for(&locked),
+            super::super::exit::USAGE
+        );
     }
 
     #[test]
@@ -184,6 +197,9 @@ mod tests {
         assert_eq!(account(&args), canon.to_string_lossy());
         args.store = "s3://bkt/some/prefix".into();
         args.endpoint = Some("http://127.0.0.1:9000/".into());
-        assert_eq!(account(&args), "s3://bkt/some/prefix at http://127.0.0.1:9000");
+        assert_eq!(
+            account(&args),
+            "s3://bkt/some/prefix at http://127.0.0.1:9000"
+        );
     }
 }

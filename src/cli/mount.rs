@@ -349,7 +349,11 @@ fn flush_with_retries(vfs: &cryptbucket::vfs::Vfs) -> Result<()> {
     }
 }
 
-fn idle_due(timeout: Duration, activity: &super::idle::Activity, vfs: &cryptbucket::vfs::Vfs) -> bool {
+fn idle_due(
+    timeout: Duration,
+    activity: &super::idle::Activity,
+    vfs: &cryptbucket::vfs::Vfs,
+) -> bool {
     if timeout.is_zero() || activity.idle_for() < timeout {
         return false;
     }

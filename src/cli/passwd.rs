@@ -19,7 +19,10 @@ pub struct PasswdArgs {
 
 pub fn run(args: PasswdArgs) -> Result<()> {
     if args.key.keyfile.is_some() || args.new.new_keyfile.is_some() {
-        bail!(super::exit::UsageError("passwd changes a passphrase; to replace a keyfile use `key add` and `key remove`".into()));
+        bail!(super::exit::UsageError(
+            "passwd changes a passphrase; to replace a keyfile use `key add` and `key remove`"
+                .into()
+        ));
     }
     let current = key_source(&args.key, false, false)?;
     let new = new_key_source(&args.new, false)?;

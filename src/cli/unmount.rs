@@ -124,7 +124,10 @@ fn wait_for_daemon(pid: i32, sock: &std::path::Path, before: Option<Status>) {
     }
     if let Some(b) = bar {
         b.set_position(total);
-        b.finish(&format!("{} written to the store", indicatif::HumanBytes(total)));
+        b.finish(&format!(
+            "{} written to the store",
+            indicatif::HumanBytes(total)
+        ));
     }
 }
 

@@ -202,7 +202,10 @@ fn configuration_md_lists_every_option_once_with_a_default() {
 #[test]
 fn idle_timeout_and_notify_reach_mount() {
     let e = err("[volumes.a]\nstore = \"/srv/a\"\nidle_timeout = \"10 parsecs\"\n");
-    assert!(e.contains("idle_timeout") && e.contains("not a duration"), "{e}");
+    assert!(
+        e.contains("idle_timeout") && e.contains("not a duration"),
+        "{e}"
+    );
     let e = err("[volumes.a]\nstore = \"/srv/a\"\nnotify = \"yes\"\n");
     assert!(e.contains("line 3") && e.contains("notify"), "{e}");
     let cfg = parse("[volumes.a]\nstore = \"/srv/a\"\nidle_timeout = \"1h30m\"\nnotify = true\n")
@@ -220,6 +223,9 @@ fn idle_timeout_and_notify_reach_mount() {
         passphrase_command: None,
     };
     let applied = merge(v, &mut store, &mut key, false);
-    assert_eq!(applied.idle_timeout, Some(std::time::Duration::from_secs(5400)));
+    assert_eq!(
+        applied.idle_timeout,
+        Some(std::time::Duration::from_secs(5400))
+    );
     assert_eq!(applied.notify, Some(true));
 }
