@@ -356,7 +356,10 @@ fn notify_send_reports_an_unreachable_store() {
     );
 
     fs::remove_file(&fail).expect("bring the store back");
-    fs::write(mnt.join("after.txt"), b"back").expect("write after recovery");
+    // Big enough to be its own chunk object: the upload at close is a request that
+    // succeeds, which is what ends the outage (an inline file would make none).
+    let after = vec![9u8; 100_000];
+    fs::write(mnt.join("after.txt"), &after).expect("write after recovery");
     wait_for(
         "a 'reachable again' notification",
         Duration::from_secs(20),
@@ -364,7 +367,7 @@ fn notify_send_reports_an_unreachable_store() {
     );
     guard.unmount();
     let m = vol.mount(&mnt, &cache);
-    assert_eq!(fs::read(mnt.join("after.txt")).expect("read"), b"back");
+    assert_eq!(fs::read(mnt.join("after.txt")).expect("read"), after);
     m.unmount();
 }
 
