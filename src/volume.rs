@@ -333,7 +333,16 @@ pub fn open_with(
     if !opts.read_only {
         remote.set_lease(lease.clone());
     }
-    let loaded = remote.open_local(&meta)?;
+    let loaded = match remote.open_local(&meta) {
+        Ok(l) => l,
+        Err(e) => {
+            // A refused mount must not leave the volume locked for others.
+            if !opts.read_only {
+                lease.release();
+            }
+            return Err(e.into());
+        }
+    };
     let data = Arc::new(ChunkStore::new(
         store,
         keys,

@@ -234,7 +234,7 @@ impl Lease {
 fn refusal(cur: Option<&LeaseInfo>, expired: bool) -> String {
     match (cur, expired) {
         (Some(c), false) => format!(
-            "the volume is already mounted by {} (pid {}) since {}; its writer lease is valid until {}. Unmount it there first (or mount with --read-only once available)",
+            "the volume is already mounted by {} (pid {}) since {}; its writer lease is valid until {}. Unmount it there first (or mount with --read-only)",
             c.host, c.pid, when(c.since), c.expires
         ),
         (Some(c), true) => format!(
