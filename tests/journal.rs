@@ -63,13 +63,22 @@ impl Fx {
         p
     }
 
-    fn open(&self, dir: &std::path::Path, f: impl FnOnce(&mut OpenOptions)) -> volume::Result<Volume> {
+    fn open(
+        &self,
+        dir: &std::path::Path,
+        f: impl FnOnce(&mut OpenOptions),
+    ) -> volume::Result<Volume> {
         let mut opts = OpenOptions {
             cache_dir: Some(dir.to_owned()),
             ..OpenOptions::default()
         };
         f(&mut opts);
-        volume::open_with(volume::runtime().unwrap(), self.store.clone(), &key(), &opts)
+        volume::open_with(
+            volume::runtime().unwrap(),
+            self.store.clone(),
+            &key(),
+            &opts,
+        )
     }
 
     fn remote(&self) -> RemoteMeta {
@@ -158,7 +167,10 @@ fn commits_are_segments_and_a_fresh_mount_replays_them() {
     let d = fx.dir();
     let v = fx.open(&d, |_| {}).unwrap();
     for name in ["a", "b", "c"] {
-        assert_eq!(read(&v.vfs, name).unwrap(), format!("content of {name}").as_bytes());
+        assert_eq!(
+            read(&v.vfs, name).unwrap(),
+            format!("content of {name}").as_bytes()
+        );
     }
     // Renames, deletes and xattrs travel as segments too.
     v.vfs.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0).unwrap();
@@ -182,14 +194,20 @@ fn journal_folds_into_a_snapshot() {
     let mut fx = Fx::new();
     let first = fx.head().snapshot;
     let d = fx.dir();
-    let v = fx.open(&d, |o| o.superseded_grace = Duration::ZERO).unwrap();
+    let v = fx
+        .open(&d, |o| o.superseded_grace = Duration::ZERO)
+        .unwrap();
     for i in 0..FOLD_SEGMENTS + 2 {
         write_file(&v.vfs, &format!("f{i}"), b"x");
         v.vfs.commit().unwrap();
     }
     let h = fx.head();
     assert_ne!(h.snapshot, first, "a new snapshot folded the journal");
-    assert!(h.segments.len() < FOLD_SEGMENTS, "{} segments", h.segments.len());
+    assert!(
+        h.segments.len() < FOLD_SEGMENTS,
+        "{} segments",
+        h.segments.len()
+    );
     // With no grace period the folded-away objects are gone at the next commit.
     write_file(&v.vfs, "last", b"y");
     v.vfs.commit().unwrap();
@@ -198,7 +216,10 @@ fn journal_folds_into_a_snapshot() {
     v.unmount().unwrap();
     let d = fx.dir();
     let v = fx.open(&d, |_| {}).unwrap();
-    assert_eq!(read(&v.vfs, &format!("f{}", FOLD_SEGMENTS + 1)).unwrap(), b"x");
+    assert_eq!(
+        read(&v.vfs, &format!("f{}", FOLD_SEGMENTS + 1)).unwrap(),
+        b"x"
+    );
     assert_eq!(read(&v.vfs, "last").unwrap(), b"y");
 }
 
@@ -237,7 +258,10 @@ fn reordered_segments_are_refused() {
     fx.put(&h.segments[0].key, y);
     fx.put(&h.segments[1].key, x);
     let msg = refusal(&mut fx);
-    assert!(msg.contains("reordered") && msg.contains(&h.segments[0].key), "{msg}");
+    assert!(
+        msg.contains("reordered") && msg.contains(&h.segments[0].key),
+        "{msg}"
+    );
     let v = accepted(&mut fx);
     assert!(read(&v.vfs, "a").is_none());
     v.unmount().unwrap();
@@ -250,7 +274,10 @@ fn replayed_segment_is_refused() {
     let h = fx.head();
     fx.put(&h.segments[2].key, fx.get(&h.segments[1].key));
     let msg = refusal(&mut fx);
-    assert!(msg.contains("replayed") && msg.contains(&h.segments[2].key), "{msg}");
+    assert!(
+        msg.contains("replayed") && msg.contains(&h.segments[2].key),
+        "{msg}"
+    );
     let v = accepted(&mut fx);
     assert_eq!(read(&v.vfs, "b").unwrap(), b"content of b");
     assert!(read(&v.vfs, "c").is_none());
@@ -270,7 +297,10 @@ fn replaced_snapshot_is_refused() {
     assert_ne!(h.snapshot, old_snap);
     fx.put(&h.snapshot, old);
     let msg = refusal(&mut fx);
-    assert!(msg.contains("replaced") && msg.contains(&h.snapshot), "{msg}");
+    assert!(
+        msg.contains("replaced") && msg.contains(&h.snapshot),
+        "{msg}"
+    );
     // Without a snapshot there is nothing to adopt: still refused.
     let d = fx.dir();
     assert!(fx.open(&d, |o| o.accept_store_state = true).is_err());
@@ -291,7 +321,10 @@ fn rollback_is_refused_and_override_adopts_the_store() {
         Ok(_) => panic!("rollback must be refused"),
         Err(e) => e.to_string(),
     };
-    assert!(msg.contains("rolled back") && msg.contains("--accept-store-state"), "{msg}");
+    assert!(
+        msg.contains("rolled back") && msg.contains("--accept-store-state"),
+        "{msg}"
+    );
     let v = fx.open(&d, |o| o.accept_store_state = true).unwrap();
     assert_eq!(read(&v.vfs, "a").unwrap(), b"1");
     assert!(read(&v.vfs, "b").is_none());
@@ -397,7 +430,8 @@ fn generate(fx: &Fx, n: u64) {
         next_ino: 2 + dirs + n,
         ..Snapshot::default()
     };
-    snap.inodes.push(inode(ROOT_INO, FileKind::Dir, 0o755, 0, 2 + dirs as u32));
+    snap.inodes
+        .push(inode(ROOT_INO, FileKind::Dir, 0o755, 0, 2 + dirs as u32));
     let mut cookie = 0;
     for d in 0..dirs {
         let ino = 2 + d;
@@ -412,7 +446,8 @@ fn generate(fx: &Fx, n: u64) {
     }
     for f in 0..n {
         let ino = 2 + dirs + f;
-        snap.inodes.push(inode(ino, FileKind::File, 0o644, 10_000, 1));
+        snap.inodes
+            .push(inode(ino, FileKind::File, 0o644, 10_000, 1));
         cookie += 1;
         snap.dentries.push(SnapDentry {
             cookie,

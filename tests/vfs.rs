@@ -61,8 +61,13 @@ impl Fixture {
             superseded_grace: std::time::Duration::ZERO,
             ..volume::OpenOptions::default()
         };
-        let v = volume::open_with(volume::runtime().unwrap(), self.store.clone(), &key(), &opts)
-            .unwrap();
+        let v = volume::open_with(
+            volume::runtime().unwrap(),
+            self.store.clone(),
+            &key(),
+            &opts,
+        )
+        .unwrap();
         self.dirs.push(dir);
         v
     }

@@ -45,6 +45,11 @@ pub struct VolumeConfig {
     pub passphrase_command: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_other: bool,
+    /// Seconds between metadata commits (`--commit-interval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_interval: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sync_on_close: bool,
 }
 
 /// `--config FILE` as given on the command line (set once by main).
@@ -105,6 +110,15 @@ impl VolumeConfig {
                 origin.display()
             )));
         }
+        if self
+            .commit_interval
+            .is_some_and(|s| !(1..=3600).contains(&s))
+        {
+            bail!(UsageError(format!(
+                "in config file {}: volume `{name}`: commit_interval must be 1 to 3600 seconds",
+                origin.display()
+            )));
+        }
         if self.store.is_empty() {
             bail!(UsageError(format!(
                 "in config file {}: volume `{name}` has an empty `store`",
@@ -159,6 +173,8 @@ pub struct Applied {
     pub mountpoint: Option<PathBuf>,
     pub allow_other: bool,
     pub profile: Option<String>,
+    pub commit_interval: Option<u64>,
+    pub sync_on_close: bool,
 }
 
 /// If `store.store` names a volume of the configuration, replace it with that volume's store
@@ -227,6 +243,8 @@ pub fn merge(
         mountpoint: v.mountpoint.clone(),
         allow_other: v.allow_other,
         profile: v.profile.clone(),
+        commit_interval: v.commit_interval,
+        sync_on_close: v.sync_on_close,
     }
 }
 
@@ -238,6 +256,10 @@ pub fn apply_mount(args: &mut MountArgs) -> Result<PathBuf> {
         args.cache_dir = applied.cache_dir;
     }
     args.allow_other |= applied.allow_other;
+    args.sync_on_close |= applied.sync_on_close;
+    if args.commit_interval.is_none() {
+        args.commit_interval = applied.commit_interval;
+    }
     if args.mountpoint.is_none() {
         args.mountpoint = applied.mountpoint;
     }

@@ -75,7 +75,9 @@ impl Head {
             ));
         }
         if !h.snapshot_hash.is_empty() && !is_hash(&h.snapshot_hash) {
-            return Err(MetaError::Corrupt("head has an invalid snapshot hash".into()));
+            return Err(MetaError::Corrupt(
+                "head has an invalid snapshot hash".into(),
+            ));
         }
         if h.segments.len() > MAX_HEAD_SEGMENTS {
             return Err(MetaError::Corrupt("head names too many segments".into()));

@@ -224,8 +224,7 @@ impl RemoteMeta {
                 false,
             ));
         }
-        if (!prev_hash.is_empty() && seg.prev_hash != prev_hash) || seg.snapshot != head.snapshot
-        {
+        if (!prev_hash.is_empty() && seg.prev_hash != prev_hash) || seg.snapshot != head.snapshot {
             return Err((
                 format!("{what} does not follow the record before it: the journal chain is broken"),
                 false,
@@ -454,7 +453,10 @@ impl RemoteMeta {
                 if state == LocalState::Missing {
                     tracing::info!("no local metadata: loading it from the store (rollback protection starts from what the store says)");
                 } else {
-                    tracing::info!("the store has other metadata (commit {}): loading it", head.seq);
+                    tracing::info!(
+                        "the store has other metadata (commit {}): loading it",
+                        head.seq
+                    );
                 }
                 let (head, hash, chain) = self.read_current(accept)?;
                 self.install(meta, &head, &hash, &chain)?;
@@ -604,8 +606,10 @@ impl RemoteMeta {
                     hash: record_hash(&sealed),
                     size: sealed.len() as u64,
                 };
-                self.rt
-                    .block_on(self.store.put(&key, Bytes::from(sealed), PutMode::Overwrite))?;
+                self.rt.block_on(
+                    self.store
+                        .put(&key, Bytes::from(sealed), PutMode::Overwrite),
+                )?;
                 let mut head = local;
                 head.seq = seq;
                 head.prev_hash = prev_hash;
@@ -622,8 +626,10 @@ impl RemoteMeta {
                     .seal_record(RecordKind::Snapshot, &snap.encode()?)?;
                 let snap_hash = record_hash(&sealed);
                 let key = format!("m/snap/{}", ChunkId::random().to_hex());
-                self.rt
-                    .block_on(self.store.put(&key, Bytes::from(sealed), PutMode::Overwrite))?;
+                self.rt.block_on(
+                    self.store
+                        .put(&key, Bytes::from(sealed), PutMode::Overwrite),
+                )?;
                 match local {
                     Some(l) => {
                         superseded.push(l.snapshot.clone());
@@ -694,7 +700,10 @@ impl RemoteMeta {
         let mut done = Vec::new();
         for key in meta.due_garbage(now_secs())? {
             if let Some(h) = key.strip_prefix(CHUNK_GARBAGE) {
-                match hex::decode(h).ok().and_then(|v| <[u8; 16]>::try_from(v).ok()) {
+                match hex::decode(h)
+                    .ok()
+                    .and_then(|v| <[u8; 16]>::try_from(v).ok())
+                {
                     Some(id) => chunks.push(id),
                     None => done.push(key),
                 }

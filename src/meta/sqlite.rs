@@ -788,9 +788,8 @@ impl SqliteMeta {
     pub fn export_marked(&self) -> Result<(Snapshot, Vec<[u8; 16]>, i64)> {
         let conn = self.conn.lock();
         let tx = conn.unchecked_transaction()?;
-        let mark: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| {
-            r.get(0)
-        })?;
+        let mark: i64 =
+            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
         let mut snap = Snapshot {
             version: super::snapshot::SNAPSHOT_VERSION,
             ..Snapshot::default()

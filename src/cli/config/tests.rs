@@ -15,6 +15,8 @@ fn full(store: &str) -> VolumeConfig {
         passphrase_file: None,
         passphrase_command: None,
         allow_other: true,
+        commit_interval: Some(10),
+        sync_on_close: true,
     }
 }
 

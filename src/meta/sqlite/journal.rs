@@ -14,8 +14,20 @@ use super::{chunk_ref, row_inode, FileKind, MetaError, Result, SqliteMeta, INODE
 macro_rules! log_key {
     ($tbl:literal, $a:expr, $b:expr) => {
         concat!(
-            "DELETE FROM changes WHERE tbl=", $tbl, " AND a=", $a, " AND b=", $b, ";",
-            "INSERT INTO changes(tbl, a, b) VALUES (", $tbl, ", ", $a, ", ", $b, ");"
+            "DELETE FROM changes WHERE tbl=",
+            $tbl,
+            " AND a=",
+            $a,
+            " AND b=",
+            $b,
+            ";",
+            "INSERT INTO changes(tbl, a, b) VALUES (",
+            $tbl,
+            ", ",
+            $a,
+            ", ",
+            $b,
+            ");"
         )
     };
 }
@@ -23,13 +35,28 @@ macro_rules! log_key {
 macro_rules! triggers {
     ($name:literal, $table:literal, $tbl:literal, $a:literal, $bnew:literal, $bold:literal) => {
         concat!(
-            "CREATE TRIGGER IF NOT EXISTS cb_", $name, "_ins AFTER INSERT ON ", $table, " BEGIN ",
-            log_key!($tbl, concat!("NEW.", $a), $bnew), " END;",
-            "CREATE TRIGGER IF NOT EXISTS cb_", $name, "_del AFTER DELETE ON ", $table, " BEGIN ",
-            log_key!($tbl, concat!("OLD.", $a), $bold), " END;",
-            "CREATE TRIGGER IF NOT EXISTS cb_", $name, "_upd AFTER UPDATE ON ", $table, " BEGIN ",
+            "CREATE TRIGGER IF NOT EXISTS cb_",
+            $name,
+            "_ins AFTER INSERT ON ",
+            $table,
+            " BEGIN ",
+            log_key!($tbl, concat!("NEW.", $a), $bnew),
+            " END;",
+            "CREATE TRIGGER IF NOT EXISTS cb_",
+            $name,
+            "_del AFTER DELETE ON ",
+            $table,
+            " BEGIN ",
             log_key!($tbl, concat!("OLD.", $a), $bold),
-            log_key!($tbl, concat!("NEW.", $a), $bnew), " END;"
+            " END;",
+            "CREATE TRIGGER IF NOT EXISTS cb_",
+            $name,
+            "_upd AFTER UPDATE ON ",
+            $table,
+            " BEGIN ",
+            log_key!($tbl, concat!("OLD.", $a), $bold),
+            log_key!($tbl, concat!("NEW.", $a), $bnew),
+            " END;"
         )
     };
 }
@@ -104,7 +131,12 @@ fn insert_rows(
     }
     let mut st = tx.prepare_cached(INS_DENTRY)?;
     for d in dentries {
-        st.execute(params![d.cookie as i64, d.parent as i64, d.name, d.ino as i64])?;
+        st.execute(params![
+            d.cookie as i64,
+            d.parent as i64,
+            d.name,
+            d.ino as i64
+        ])?;
     }
     let mut st = tx.prepare_cached(INS_CHUNK)?;
     for (ino, c) in chunks {
@@ -167,9 +199,8 @@ impl SqliteMeta {
     pub fn export_changes(&self) -> Result<(Segment, i64, Vec<[u8; 16]>)> {
         let conn = self.conn.lock();
         let tx = conn.unchecked_transaction()?;
-        let mark: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| {
-            r.get(0)
-        })?;
+        let mark: i64 =
+            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
         let mut seg = Segment {
             version: SEGMENT_VERSION,
             ..Segment::default()
@@ -212,7 +243,11 @@ impl SqliteMeta {
                 (2, _) => {
                     let row = q_dentry
                         .query_row([a], |r| {
-                            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?))
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                r.get::<_, Vec<u8>>(1)?,
+                                r.get::<_, i64>(2)?,
+                            ))
                         })
                         .optional()?;
                     match row {
@@ -237,9 +272,9 @@ impl SqliteMeta {
                         })
                         .optional()?;
                     match row {
-                        Some((id, pl, sl, dg)) => seg
-                            .chunks
-                            .push((a as u64, chunk_ref(idx, id, pl, sl, dg)?)),
+                        Some((id, pl, sl, dg)) => {
+                            seg.chunks.push((a as u64, chunk_ref(idx, id, pl, sl, dg)?))
+                        }
                         None => seg.removed_chunks.push((a as u64, idx as u64)),
                     }
                 }
@@ -332,9 +367,8 @@ impl SqliteMeta {
     /// Local changes made before stay logged; the segments' own rows are not logged.
     pub fn apply_segments(&self, segments: &[Segment], state: &[(&str, Vec<u8>)]) -> Result<()> {
         self.write(|tx| {
-            let before: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| {
-                r.get(0)
-            })?;
+            let before: i64 =
+                tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
             for seg in segments {
                 apply_segment_tx(tx, seg)?;
             }
@@ -381,7 +415,8 @@ impl SqliteMeta {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         {
-            let mut st = tx.prepare_cached("INSERT OR IGNORE INTO garbage(key, due) VALUES (?1, ?2)")?;
+            let mut st =
+                tx.prepare_cached("INSERT OR IGNORE INTO garbage(key, due) VALUES (?1, ?2)")?;
             for k in keys {
                 st.execute(params![k, due as i64])?;
             }
