@@ -71,12 +71,14 @@ struct Pending {
     head: Head,
 }
 
+/// A problem found in the chain, and whether it is an object missing from the store.
+type Problem = (String, bool);
+
 /// What reading the chain named by a head gave: everything up to the first problem.
 struct Chain {
     snapshot: Snapshot,
     segments: Vec<Segment>,
-    /// The first problem, and whether it is an object missing from the store.
-    problem: Option<(String, bool)>,
+    problem: Option<Problem>,
 }
 
 fn now_secs() -> u64 {
@@ -146,7 +148,7 @@ impl RemoteMeta {
         &self,
         head: &Head,
         sealed: Option<&[u8]>,
-    ) -> std::result::Result<Snapshot, (String, bool)> {
+    ) -> std::result::Result<Snapshot, Problem> {
         let what = format!(
             "the metadata snapshot {} named by m/head (commit {})",
             head.snapshot, head.seq
@@ -186,7 +188,7 @@ impl RemoteMeta {
         r: &SegmentRef,
         sealed: Option<&[u8]>,
         prev_hash: &str,
-    ) -> std::result::Result<Segment, (String, bool)> {
+    ) -> std::result::Result<Segment, Problem> {
         let what = format!("journal segment {} (commit {})", r.key, r.seq);
         let Some(sealed) = sealed else {
             return Err((
@@ -268,7 +270,7 @@ impl RemoteMeta {
         head: &Head,
         refs: &[SegmentRef],
         mut prev: String,
-    ) -> Result<(Vec<Segment>, Option<(String, bool)>)> {
+    ) -> Result<(Vec<Segment>, Option<Problem>)> {
         let keys: Vec<String> = refs.iter().map(|r| r.key.clone()).collect();
         let bodies = self.get_many(&keys)?;
         let mut out = Vec::new();
