@@ -114,3 +114,43 @@ impl Head {
 pub fn record_hash(sealed: &[u8]) -> String {
     hex::encode(Sha256::digest(sealed))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_from_before_the_journal_still_decode() {
+        let old = br#"{"epoch":0,"seq":7,"prev_hash":"","snapshot":"m/snap/0123456789abcdef0123456789abcdef","writer":"w","time":1}"#;
+        let h = Head::decode(old).unwrap();
+        assert_eq!(h.seq, 7);
+        assert!(h.segments.is_empty() && h.snapshot_hash.is_empty());
+        assert_eq!(h.tip_hash(), "");
+    }
+
+    #[test]
+    fn segment_entries_must_be_consecutive_and_end_at_seq() {
+        let seg = |seq| SegmentRef {
+            key: "m/log/0123456789abcdef0123456789abcdef".into(),
+            seq,
+            hash: "a".repeat(64),
+            size: 1,
+        };
+        let mut h = Head {
+            epoch: 0,
+            seq: 5,
+            prev_hash: String::new(),
+            snapshot: "m/snap/0123456789abcdef0123456789abcdef".into(),
+            snapshot_hash: "b".repeat(64),
+            snapshot_seq: 3,
+            segments: vec![seg(4), seg(5)],
+            writer: "w".into(),
+            time: 0,
+        };
+        assert!(Head::decode(&h.encode().unwrap()).is_ok());
+        h.segments = vec![seg(5), seg(4)];
+        assert!(Head::decode(&h.encode().unwrap()).is_err());
+        h.segments = vec![seg(4)];
+        assert!(Head::decode(&h.encode().unwrap()).is_err());
+    }
+}
