@@ -13,7 +13,7 @@ use crate::backend::{BackendError, ObjectStore, PutMode};
 use crate::crypto::{self, Argon2Params, CryptoError, KeySource, VolumeKeys, VolumeParams};
 use crate::data::ChunkStore;
 use crate::meta::lease::{Lease, DEFAULT_LEASE_TTL};
-use crate::meta::remote::{LocalState, RemoteMeta};
+use crate::meta::remote::RemoteMeta;
 use crate::meta::{MetaError, SqliteMeta};
 use crate::vfs::{now_ns, Vfs, VfsError};
 
@@ -58,6 +58,14 @@ pub struct OpenOptions {
     /// Take over a writer lease that expired (its holder is gone).
     pub break_lease: bool,
     pub lease_ttl: std::time::Duration,
+    /// Take no writer lease and refuse every change (works while a writer holds the lease).
+    pub read_only: bool,
+    /// Adopt the store's metadata even if it went back in time, forked, or its journal is
+    /// broken (`--accept-store-state`).
+    pub accept_store_state: bool,
+    /// How long superseded snapshots, segments and unreferenced chunks stay in the store
+    /// for readers of an older head.
+    pub superseded_grace: std::time::Duration,
 }
 
 impl Default for OpenOptions {
@@ -66,6 +74,9 @@ impl Default for OpenOptions {
             cache_dir: None,
             break_lease: false,
             lease_ttl: DEFAULT_LEASE_TTL,
+            read_only: false,
+            accept_store_state: false,
+            superseded_grace: crate::meta::remote::SUPERSEDED_GRACE,
         }
     }
 }
@@ -293,43 +304,43 @@ pub fn open_with(
             h
         }
     };
-    let lease = Arc::new(Lease::acquire(
-        store.clone(),
-        keys.clone(),
-        rt.handle().clone(),
-        &holder,
-        opts.lease_ttl,
-        opts.break_lease,
-    )?);
+    if opts.read_only && meta.has_changes()? {
+        return Err(MetaError::Refused(format!(
+            "{} holds changes not yet written to the store; mount it read-write once to commit them, or use another --cache-dir",
+            cache_dir.display()
+        ))
+        .into());
+    }
+    let lease = Arc::new(if opts.read_only {
+        Lease::not_held(store.clone(), keys.clone(), rt.handle().clone())
+    } else {
+        Lease::acquire(
+            store.clone(),
+            keys.clone(),
+            rt.handle().clone(),
+            &holder,
+            opts.lease_ttl,
+            opts.break_lease,
+        )?
+    });
     let remote = Arc::new(RemoteMeta::new(
         store.clone(),
         keys.clone(),
         rt.handle().clone(),
     ));
-    remote.set_lease(lease.clone());
-    let (head, hash) = remote.fetch_head()?.ok_or_else(|| {
-        MetaError::Refused(format!(
-            "the volume at {} has no metadata head (m/head is missing)",
-            store.describe()
-        ))
-    })?;
-    let loaded = match remote.classify(&meta, &head, &hash)? {
-        LocalState::Current => false,
-        LocalState::Missing => {
-            tracing::info!(
-                "no local metadata in {}: loading it from the store (rollback protection starts from what the store says)",
-                cache_dir.display()
-            );
-            remote.load_into(&meta, &head, &hash)?;
-            true
-        }
-        LocalState::Behind => {
-            tracing::info!(
-                "the store has newer metadata (commit {}): loading it",
-                head.seq
-            );
-            remote.load_into(&meta, &head, &hash)?;
-            true
+    remote.set_accept_store_state(opts.accept_store_state);
+    remote.set_grace(opts.superseded_grace);
+    if !opts.read_only {
+        remote.set_lease(lease.clone());
+    }
+    let loaded = match remote.open_local(&meta) {
+        Ok(l) => l,
+        Err(e) => {
+            // A refused mount must not leave the volume locked for others.
+            if !opts.read_only {
+                lease.release();
+            }
+            return Err(e.into());
         }
     };
     let data = Arc::new(ChunkStore::new(
@@ -339,7 +350,7 @@ pub fn open_with(
         BLOCK_CACHE_BYTES,
     ));
     // Freshly loaded metadata equals the store's head: nothing to commit until it changes.
-    let vfs = Arc::new(Vfs::new(meta, data, remote, false, loaded)?);
+    let vfs = Arc::new(Vfs::new(meta, data, remote, opts.read_only, loaded)?);
     Ok(Volume {
         vfs,
         lease,

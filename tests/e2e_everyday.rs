@@ -38,7 +38,9 @@ fn config_volume_with_passphrase_command_and_status() {
         &cfg,
         &format!(
             "[volumes.vault]\nstore = \"store\"\ncache_dir = \"cache\"\nmountpoint = \"mnt\"\n\
-             passphrase_command = \"cat {}\"\n",
+             passphrase_command = \"cat {}\"\n\
+             # no timed commit during the test: it checks uncommitted changes\n\
+             commit_interval = 3600\n",
             w.join("pass.txt").display()
         ),
     );

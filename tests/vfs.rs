@@ -55,11 +55,17 @@ impl Fixture {
     /// Mount with a fresh cache dir: everything comes from the store.
     fn mount(&mut self) -> Volume {
         let dir = tempfile::tempdir().unwrap();
-        let v = volume::open(
+        // No grace period: these tests check that unreferenced chunks leave the store.
+        let opts = volume::OpenOptions {
+            cache_dir: Some(dir.path().to_owned()),
+            superseded_grace: std::time::Duration::ZERO,
+            ..volume::OpenOptions::default()
+        };
+        let v = volume::open_with(
             volume::runtime().unwrap(),
             self.store.clone(),
             &key(),
-            Some(dir.path().to_owned()),
+            &opts,
         )
         .unwrap();
         self.dirs.push(dir);

@@ -51,6 +51,11 @@ pub struct VolumeConfig {
     /// Desktop notifications on errors that retrying cannot fix (--notify).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notify: Option<bool>,
+    /// Seconds between metadata commits (`--commit-interval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_interval: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sync_on_close: bool,
 }
 
 /// `--config FILE` as given on the command line (set once by main).
@@ -119,6 +124,15 @@ impl VolumeConfig {
                 )));
             }
         }
+        if self
+            .commit_interval
+            .is_some_and(|s| !(1..=3600).contains(&s))
+        {
+            bail!(UsageError(format!(
+                "in config file {}: volume `{name}`: commit_interval must be 1 to 3600 seconds",
+                origin.display()
+            )));
+        }
         if self.store.is_empty() {
             bail!(UsageError(format!(
                 "in config file {}: volume `{name}` has an empty `store`",
@@ -175,6 +189,8 @@ pub struct Applied {
     pub profile: Option<String>,
     pub idle_timeout: Option<std::time::Duration>,
     pub notify: Option<bool>,
+    pub commit_interval: Option<u64>,
+    pub sync_on_close: bool,
 }
 
 /// If `store.store` names a volume of the configuration, replace it with that volume's store
@@ -248,6 +264,8 @@ pub fn merge(
             .as_deref()
             .and_then(|t| super::idle::parse_duration(t).ok()),
         notify: v.notify,
+        commit_interval: v.commit_interval,
+        sync_on_close: v.sync_on_close,
     }
 }
 
@@ -260,6 +278,10 @@ pub fn apply_mount(args: &mut MountArgs) -> Result<PathBuf> {
     }
     args.allow_other |= applied.allow_other;
     super::extras::apply_config(args, applied.idle_timeout, applied.notify);
+    args.sync_on_close |= applied.sync_on_close;
+    if args.commit_interval.is_none() {
+        args.commit_interval = applied.commit_interval;
+    }
     if args.mountpoint.is_none() {
         args.mountpoint = applied.mountpoint;
     }

@@ -121,13 +121,22 @@ pub fn translate(args: &[OsString]) -> Result<Plan> {
                 out.push("--allow-other".into());
                 continue;
             }
-            "ro" => bail!(UsageError(
-                "read-only mounts (ro) are not supported yet; remove `ro` from the options".into()
-            )),
+            "commit_interval" => "--commit-interval",
+            "ro" | "follow" | "sync_on_close" if v.is_none() => {
+                out.push(
+                    match k {
+                        "ro" => "--read-only",
+                        "follow" => "--follow",
+                        _ => "--sync-on-close",
+                    }
+                    .into(),
+                );
+                continue;
+            }
             _ if IGNORED.contains(&k) && v.is_none() => continue,
             _ if k.starts_with("x-") || k.starts_with("X-") || k == "comment" => continue,
             _ => bail!(UsageError(format!(
-                "unknown mount option `{o}` (known: keyfile=, passphrase_file=, cache_dir=, config=, endpoint=, region=, allow_other; see docs/CONFIGURATION.md)"
+                "unknown mount option `{o}` (known: keyfile=, passphrase_file=, cache_dir=, config=, endpoint=, region=, commit_interval=, allow_other, ro, follow, sync_on_close; see docs/CONFIGURATION.md)"
             ))),
         };
         match v {
@@ -230,7 +239,7 @@ mod tests {
     fn bad_options_are_usage_errors_naming_the_option() {
         for (opts, word) in [
             ("rw,bogus=1", "bogus=1"),
-            ("ro", "read-only"),
+            ("ro=1", "ro=1"),
             ("keyfile", "keyfile"),
         ] {
             let e = translate(&os(&["/s", "/m", "-o", opts])).expect_err(opts);
@@ -238,5 +247,17 @@ mod tests {
             assert_eq!(super::super::exit::code_for(&e), 2);
         }
         assert!(translate(&os(&["/s"])).is_err());
+        assert_eq!(
+            translate(&os(&["/s", "/m", "-o", "ro,follow,commit_interval=9"])).expect("ro"),
+            Plan::Mount(os(&[
+                "mount",
+                "/s",
+                "/m",
+                "--read-only",
+                "--follow",
+                "--commit-interval",
+                "9"
+            ]))
+        );
     }
 }

@@ -18,8 +18,10 @@ use cryptbucket::fuse::FuseFs;
 
 use super::{open_store, KeyArgs, StoreArgs};
 
-/// Commit metadata to the store at least this often while mounted.
-const COMMIT_INTERVAL: Duration = Duration::from_secs(30);
+/// Default for `--commit-interval`: a journal segment is cheap, so commit often.
+pub const DEFAULT_COMMIT_INTERVAL_SECS: u64 = 5;
+/// A `--follow` mount looks for a new metadata head this often.
+const FOLLOW_INTERVAL: Duration = Duration::from_secs(5);
 /// Renew the writer lease this often (a third of its lifetime).
 const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(20);
 
@@ -46,6 +48,24 @@ pub struct MountArgs {
     pub break_lease: bool,
     #[command(flatten)]
     pub desk: super::extras::DeskArgs,
+    /// Mount without the writer lease (works while another machine writes); every change
+    /// fails with EROFS.
+    #[arg(long)]
+    pub read_only: bool,
+    /// With --read-only: pick up the writer's new commits every few seconds.
+    #[arg(long, requires = "read_only")]
+    pub follow: bool,
+    /// Adopt the store's metadata even if it went back in time, forked, or lost or reordered
+    /// journal segments (the mount is refused otherwise). Changes after the damage are lost.
+    #[arg(long)]
+    pub accept_store_state: bool,
+    /// Commit metadata to the store at least this often while there are changes, in
+    /// seconds (default 5).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub commit_interval: Option<u64>,
+    /// close() returns only after the file's data and metadata are in the store (as fsync).
+    #[arg(long)]
+    pub sync_on_close: bool,
     #[arg(long, hide = true)]
     pub daemon_child: bool,
 }
@@ -197,6 +217,8 @@ fn serve(
     let open_opts = cryptbucket::volume::OpenOptions {
         cache_dir: args.cache_dir.clone(),
         break_lease: args.break_lease,
+        read_only: args.read_only,
+        accept_store_state: args.accept_store_state,
         ..Default::default()
     };
     let vol = cryptbucket::volume::open_with(rt, Arc::new(counting), &key, &open_opts)?;
@@ -211,8 +233,15 @@ fn serve(
         MountOption::FSName(format!("cryptbucket:{}", args.store.store)),
         MountOption::Subtype("cryptbucket".into()),
         MountOption::DefaultPermissions,
-        MountOption::RW,
+        if args.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
     ];
+    vol.vfs.set_sync_on_close(args.sync_on_close);
+    let commit_interval =
+        Duration::from_secs(args.commit_interval.unwrap_or(DEFAULT_COMMIT_INTERVAL_SECS));
     if args.allow_other {
         opts.push(MountOption::AllowOther);
     }
@@ -263,6 +292,7 @@ fn serve(
     }
     let mut last_commit = Instant::now();
     let mut last_renew = Instant::now();
+    let mut last_follow = Instant::now();
     while !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
         if stop.swap(false, Ordering::SeqCst) {
@@ -276,7 +306,15 @@ fn serve(
                 Err(e) => tracing::warn!("cannot run fusermount3: {e}; still serving"),
             }
         }
-        if last_renew.elapsed() > LEASE_RENEW_INTERVAL {
+        if args.follow && last_follow.elapsed() > FOLLOW_INTERVAL {
+            match vol.vfs.follow() {
+                Ok(true) => tracing::debug!("picked up new metadata from the store"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("could not follow the store's metadata: {e}"),
+            }
+            last_follow = Instant::now();
+        }
+        if vol.lease.is_held() && last_renew.elapsed() > LEASE_RENEW_INTERVAL {
             let r = vol.lease.renew();
             if let Err(e) = &r {
                 tracing::warn!("could not renew the writer lease: {e}");
@@ -284,7 +322,7 @@ fn serve(
             notifier.lease_result(r.err().map(|e| e.to_string()).as_deref());
             last_renew = Instant::now();
         }
-        if last_commit.elapsed() > COMMIT_INTERVAL {
+        if !args.read_only && last_commit.elapsed() > commit_interval {
             let r = vol.vfs.commit();
             if let Err(e) = &r {
                 tracing::warn!("periodic commit failed (will retry): {e}");

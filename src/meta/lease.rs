@@ -124,6 +124,30 @@ impl Lease {
         ))
     }
 
+    /// No lease at all, for a read-only mount: never renewed, released or held.
+    pub fn not_held(store: Arc<dyn ObjectStore>, keys: Arc<VolumeKeys>, rt: Handle) -> Lease {
+        Lease {
+            store,
+            keys,
+            rt,
+            info: Mutex::new(LeaseInfo {
+                holder: String::new(),
+                host: hostname(),
+                pid: std::process::id(),
+                since: now(),
+                expires: 0,
+            }),
+            etag: Mutex::new(None),
+            ttl: Duration::ZERO,
+            lost: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether this mount holds the writer lease (false for read-only mounts).
+    pub fn is_held(&self) -> bool {
+        !self.lost.load(Ordering::SeqCst)
+    }
+
     /// The current lease object, if any: (its contents if they open, its etag).
     fn current(&self) -> Result<Option<(Option<LeaseInfo>, String)>> {
         let meta = match self.rt.block_on(self.store.head(LEASE_KEY)) {
@@ -210,7 +234,7 @@ impl Lease {
 fn refusal(cur: Option<&LeaseInfo>, expired: bool) -> String {
     match (cur, expired) {
         (Some(c), false) => format!(
-            "the volume is already mounted by {} (pid {}) since {}; its writer lease is valid until {}. Unmount it there first (or mount with --read-only once available)",
+            "the volume is already mounted by {} (pid {}) since {}; its writer lease is valid until {}. Unmount it there first (or mount with --read-only)",
             c.host, c.pid, when(c.since), c.expires
         ),
         (Some(c), true) => format!(

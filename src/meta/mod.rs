@@ -1,6 +1,7 @@
 //! Metadata: inodes, directory entries, chunk maps and xattrs in an embedded SQLite
 //! database, plus its sealed snapshot form that is stored in the bucket.
 
+pub mod journal;
 pub mod lease;
 pub mod records;
 pub mod remote;

@@ -16,6 +16,9 @@ pub const SNAPSHOT_VERSION: u32 = 1;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Snapshot {
     pub version: u32,
+    /// The commit this snapshot folds in (0 in snapshots written before the journal).
+    #[serde(default)]
+    pub seq: u64,
     pub next_ino: u64,
     pub inodes: Vec<SnapInode>,
     pub dentries: Vec<SnapDentry>,

@@ -9,6 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::snapshot::{SnapDentry, SnapInode, SnapXattr, Snapshot};
 use super::{ChunkRef, DirEntry, FileKind, Ino, Inode, MetaError, Result, ROOT_INO};
 
+mod journal;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS inodes(
   ino INTEGER PRIMARY KEY, kind INTEGER NOT NULL, perm INTEGER NOT NULL,
@@ -27,6 +29,10 @@ CREATE TABLE IF NOT EXISTS xattrs(
   ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY(ino, name));
 CREATE TABLE IF NOT EXISTS dead_chunks(id BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS changes(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, tbl INTEGER NOT NULL, a INTEGER NOT NULL, b NOT NULL);
+CREATE INDEX IF NOT EXISTS changes_key ON changes(tbl, a, b);
+CREATE TABLE IF NOT EXISTS garbage(key TEXT PRIMARY KEY, due INTEGER NOT NULL);
 ";
 
 /// SQLite-backed metadata. All access goes through one connection behind a mutex;
@@ -191,7 +197,12 @@ impl SqliteMeta {
         // WAL + NORMAL: every commit survives a daemon crash; a power loss can only lose the
         // newest un-fsynced changes, never consistency (fsync() durability is the bucket's).
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // The default 2 MiB page cache makes loading a large snapshot (index building)
+        // several times slower; 64 MiB is an upper bound, used only as the tree grows.
+        conn.pragma_update(None, "cache_size", -65536)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(journal::TRIGGERS)?;
         Ok(SqliteMeta {
             conn: Mutex::new(conn),
             generation: AtomicU64::new(0),
@@ -774,8 +785,15 @@ impl SqliteMeta {
 
     /// A consistent logical copy of the whole tree, plus the dead chunk ids at that moment.
     pub fn export(&self) -> Result<(Snapshot, Vec<[u8; 16]>)> {
+        self.export_marked().map(|(s, d, _)| (s, d))
+    }
+
+    /// [`export`](Self::export), plus the change-log mark it includes (see `finish_commit`).
+    pub fn export_marked(&self) -> Result<(Snapshot, Vec<[u8; 16]>, i64)> {
         let conn = self.conn.lock();
         let tx = conn.unchecked_transaction()?;
+        let mark: i64 =
+            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
         let mut snap = Snapshot {
             version: super::snapshot::SNAPSHOT_VERSION,
             ..Snapshot::default()
@@ -874,68 +892,7 @@ impl SqliteMeta {
         }
         drop(tx);
         drop(conn);
-        Ok((snap, dead))
-    }
-
-    /// Replace the whole tree with a snapshot's contents.
-    pub fn import(&self, snap: &Snapshot) -> Result<()> {
-        self.write(|tx| {
-            tx.execute_batch(
-                "DELETE FROM inodes; DELETE FROM dentries; DELETE FROM chunks; DELETE FROM xattrs; DELETE FROM dead_chunks;",
-            )?;
-            for si in &snap.inodes {
-                let i = &si.inode;
-                tx.execute(
-                    "INSERT INTO inodes(ino, kind, perm, uid, gid, size, atime, mtime, ctime, nlink, target, inline, rdev)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                    params![
-                        i.ino as i64,
-                        i.kind.to_i64(),
-                        i.perm as i64,
-                        i.uid as i64,
-                        i.gid as i64,
-                        i.size as i64,
-                        i.atime,
-                        i.mtime,
-                        i.ctime,
-                        i.nlink as i64,
-                        si.target,
-                        si.inline,
-                        i.rdev as i64
-                    ],
-                )?;
-            }
-            for d in &snap.dentries {
-                tx.execute(
-                    "INSERT INTO dentries(cookie, parent, name, ino) VALUES (?1, ?2, ?3, ?4)",
-                    params![d.cookie as i64, d.parent as i64, d.name, d.ino as i64],
-                )?;
-            }
-            for (ino, c) in &snap.chunks {
-                tx.execute(
-                    "INSERT INTO chunks(ino, idx, id, plain_len, stored_len, digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        *ino as i64,
-                        c.idx as i64,
-                        c.id.to_vec(),
-                        c.plain_len as i64,
-                        c.stored_len as i64,
-                        c.digest.to_vec()
-                    ],
-                )?;
-            }
-            for x in &snap.xattrs {
-                tx.execute(
-                    "INSERT INTO xattrs(ino, name, value) VALUES (?1, ?2, ?3)",
-                    params![x.ino as i64, x.name, x.value],
-                )?;
-            }
-            tx.execute(
-                "INSERT OR REPLACE INTO state(key, value) VALUES ('next_ino', ?1)",
-                params![snap.next_ino.to_le_bytes().to_vec()],
-            )?;
-            Ok(())
-        })
+        Ok((snap, dead, mark))
     }
 }
 

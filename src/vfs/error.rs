@@ -33,6 +33,8 @@ pub enum VfsError {
     Meta(MetaError),
     #[error("data: {0}")]
     Data(#[from] DataError),
+    #[error("read-only mount")]
+    ReadOnly,
     #[error("{0}")]
     Io(String),
 }
@@ -66,6 +68,7 @@ impl VfsError {
             VfsError::Range => libc::ERANGE,
             VfsError::NotSupported => libc::EOPNOTSUPP,
             VfsError::TooBig => libc::EFBIG,
+            VfsError::ReadOnly => libc::EROFS,
             VfsError::Meta(_) | VfsError::Data(_) | VfsError::Io(_) => libc::EIO,
         }
     }

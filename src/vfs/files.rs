@@ -342,7 +342,11 @@ impl Vfs {
     /// close(): upload this file's buffered data and record it in the local metadata.
     pub fn flush(&self, fh: u64) -> Result<()> {
         let (ino, of) = self.handle(fh)?;
-        self.flush_file(ino, &of)
+        self.flush_file(ino, &of)?;
+        if self.sync_on_close() {
+            self.commit()?;
+        }
+        Ok(())
     }
 
     /// fsync(): the file's data and the metadata that references it reach the store.

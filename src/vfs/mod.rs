@@ -111,6 +111,8 @@ pub struct Vfs {
     /// When the last commit reached the store (ns since the epoch; 0 = not yet).
     last_commit_ns: AtomicI64,
     read_only: bool,
+    /// close() (FUSE flush) commits the metadata before returning (`--sync-on-close`).
+    sync_on_close: std::sync::atomic::AtomicBool,
 }
 
 /// Cheap, read-only counters for `cryptbucket status`.
@@ -142,6 +144,7 @@ impl Vfs {
             committed_gen: AtomicU64::new(u64::MAX),
             last_commit_ns: AtomicI64::new(0),
             read_only,
+            sync_on_close: std::sync::atomic::AtomicBool::new(false),
         };
         if in_sync {
             vfs.mark_clean();
@@ -157,7 +160,7 @@ impl Vfs {
 
     fn writable(&self) -> Result<()> {
         if self.read_only {
-            return Err(VfsError::Io("read-only mount".into()));
+            return Err(VfsError::ReadOnly);
         }
         Ok(())
     }
@@ -513,11 +516,32 @@ impl Vfs {
         self.last_commit_ns.store(now_ns(), Ordering::SeqCst);
         if !dead.is_empty() {
             match self.data.delete_many(&dead) {
-                Ok(()) => self.meta.forget_dead(&dead)?,
+                Ok(()) => self.remote.forget_chunks(&self.meta, &dead)?,
                 Err(e) => tracing::warn!("could not delete {} unused chunks: {e}", dead.len()),
             }
         }
         Ok(())
+    }
+
+    pub fn set_sync_on_close(&self, yes: bool) {
+        self.sync_on_close.store(yes, Ordering::SeqCst);
+    }
+
+    pub fn sync_on_close(&self) -> bool {
+        self.sync_on_close.load(Ordering::SeqCst)
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Read-only mounts: pick up the store's newest metadata (new journal segments or a new
+    /// snapshot). Returns whether anything changed.
+    pub fn follow(&self) -> Result<bool> {
+        if !self.read_only {
+            return Ok(false);
+        }
+        Ok(self.remote.refresh(&self.meta)?)
     }
 
     /// Flush every open file and commit: used by syncfs, the periodic timer and unmount.

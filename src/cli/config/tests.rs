@@ -17,6 +17,8 @@ fn full(store: &str) -> VolumeConfig {
         allow_other: true,
         idle_timeout: Some("15m".into()),
         notify: Some(true),
+        commit_interval: Some(10),
+        sync_on_close: true,
     }
 }
 

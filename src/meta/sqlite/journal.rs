@@ -1,0 +1,449 @@
+//! The SQLite side of the journal: triggers that log which keys changed since the last
+//! commit, turning that log into a segment, applying segments, and loading a snapshot fast.
+
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::super::journal::{RemovedXattr, Segment, SEGMENT_VERSION};
+use super::super::snapshot::{SnapDentry, SnapInode, SnapXattr, Snapshot};
+use super::{chunk_ref, row_inode, FileKind, MetaError, Result, SqliteMeta, INODE_COLS};
+
+// Table codes in `changes`: 1 inodes (a = ino), 2 dentries (a = cookie), 3 chunks (a = ino,
+// b = idx), 4 xattrs (a = ino, b = name). A key is logged once, under its newest id, so a
+// commit can clear exactly the entries it exported (ids <= its mark) and keep later ones.
+macro_rules! log_key {
+    ($tbl:literal, $a:expr, $b:expr) => {
+        concat!(
+            "DELETE FROM changes WHERE tbl=",
+            $tbl,
+            " AND a=",
+            $a,
+            " AND b=",
+            $b,
+            ";",
+            "INSERT INTO changes(tbl, a, b) VALUES (",
+            $tbl,
+            ", ",
+            $a,
+            ", ",
+            $b,
+            ");"
+        )
+    };
+}
+
+macro_rules! triggers {
+    ($name:literal, $table:literal, $tbl:literal, $a:literal, $bnew:literal, $bold:literal) => {
+        concat!(
+            "CREATE TRIGGER IF NOT EXISTS cb_",
+            $name,
+            "_ins AFTER INSERT ON ",
+            $table,
+            " BEGIN ",
+            log_key!($tbl, concat!("NEW.", $a), $bnew),
+            " END;",
+            "CREATE TRIGGER IF NOT EXISTS cb_",
+            $name,
+            "_del AFTER DELETE ON ",
+            $table,
+            " BEGIN ",
+            log_key!($tbl, concat!("OLD.", $a), $bold),
+            " END;",
+            "CREATE TRIGGER IF NOT EXISTS cb_",
+            $name,
+            "_upd AFTER UPDATE ON ",
+            $table,
+            " BEGIN ",
+            log_key!($tbl, concat!("OLD.", $a), $bold),
+            log_key!($tbl, concat!("NEW.", $a), $bnew),
+            " END;"
+        )
+    };
+}
+
+pub(super) const TRIGGERS: &str = concat!(
+    triggers!("inodes", "inodes", "1", "ino", "0", "0"),
+    triggers!("dentries", "dentries", "2", "cookie", "0", "0"),
+    triggers!("chunks", "chunks", "3", "ino", "NEW.idx", "OLD.idx"),
+    triggers!("xattrs", "xattrs", "4", "ino", "NEW.name", "OLD.name"),
+);
+
+const DROP_FOR_BULK: &str = "
+DROP TRIGGER IF EXISTS cb_inodes_ins; DROP TRIGGER IF EXISTS cb_inodes_del; DROP TRIGGER IF EXISTS cb_inodes_upd;
+DROP TRIGGER IF EXISTS cb_dentries_ins; DROP TRIGGER IF EXISTS cb_dentries_del; DROP TRIGGER IF EXISTS cb_dentries_upd;
+DROP TRIGGER IF EXISTS cb_chunks_ins; DROP TRIGGER IF EXISTS cb_chunks_del; DROP TRIGGER IF EXISTS cb_chunks_upd;
+DROP TRIGGER IF EXISTS cb_xattrs_ins; DROP TRIGGER IF EXISTS cb_xattrs_del; DROP TRIGGER IF EXISTS cb_xattrs_upd;
+DROP INDEX IF EXISTS dentries_ino; DROP INDEX IF EXISTS dentries_parent_cookie;
+DELETE FROM inodes; DELETE FROM dentries; DELETE FROM chunks; DELETE FROM xattrs;
+DELETE FROM dead_chunks; DELETE FROM changes;
+";
+
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS dentries_ino ON dentries(ino);
+CREATE INDEX IF NOT EXISTS dentries_parent_cookie ON dentries(parent, cookie);
+";
+
+fn set_state_tx(tx: &Connection, state: &[(&str, Vec<u8>)]) -> Result<()> {
+    let mut st = tx.prepare_cached("INSERT OR REPLACE INTO state(key, value) VALUES (?1, ?2)")?;
+    for (k, v) in state {
+        st.execute(params![k, v])?;
+    }
+    Ok(())
+}
+
+fn insert_inode(st: &mut rusqlite::CachedStatement<'_>, si: &SnapInode) -> Result<()> {
+    let i = &si.inode;
+    st.execute(params![
+        i.ino as i64,
+        i.kind.to_i64(),
+        i.perm as i64,
+        i.uid as i64,
+        i.gid as i64,
+        i.size as i64,
+        i.atime,
+        i.mtime,
+        i.ctime,
+        i.nlink as i64,
+        si.target,
+        si.inline,
+        i.rdev as i64
+    ])?;
+    Ok(())
+}
+
+const INS_INODE: &str = "INSERT OR REPLACE INTO inodes(ino, kind, perm, uid, gid, size, atime, mtime, ctime, nlink, target, inline, rdev)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+const INS_DENTRY: &str =
+    "INSERT OR REPLACE INTO dentries(cookie, parent, name, ino) VALUES (?1, ?2, ?3, ?4)";
+const INS_CHUNK: &str = "INSERT OR REPLACE INTO chunks(ino, idx, id, plain_len, stored_len, digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+const INS_XATTR: &str = "INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES (?1, ?2, ?3)";
+
+fn insert_rows(
+    tx: &Connection,
+    inodes: &[SnapInode],
+    dentries: &[SnapDentry],
+    chunks: &[(u64, super::ChunkRef)],
+    xattrs: &[SnapXattr],
+) -> Result<()> {
+    let mut st = tx.prepare_cached(INS_INODE)?;
+    for si in inodes {
+        insert_inode(&mut st, si)?;
+    }
+    let mut st = tx.prepare_cached(INS_DENTRY)?;
+    for d in dentries {
+        st.execute(params![
+            d.cookie as i64,
+            d.parent as i64,
+            d.name,
+            d.ino as i64
+        ])?;
+    }
+    let mut st = tx.prepare_cached(INS_CHUNK)?;
+    for (ino, c) in chunks {
+        st.execute(params![
+            *ino as i64,
+            c.idx as i64,
+            &c.id[..],
+            c.plain_len as i64,
+            c.stored_len as i64,
+            &c.digest[..]
+        ])?;
+    }
+    let mut st = tx.prepare_cached(INS_XATTR)?;
+    for x in xattrs {
+        st.execute(params![x.ino as i64, x.name, x.value])?;
+    }
+    Ok(())
+}
+
+/// Set every key a segment names to its state at that commit (idempotent).
+fn apply_segment_tx(tx: &Connection, seg: &Segment) -> Result<()> {
+    let mut st = tx.prepare_cached("DELETE FROM inodes WHERE ino=?1")?;
+    for ino in &seg.removed_inodes {
+        st.execute([*ino as i64])?;
+    }
+    let mut st = tx.prepare_cached("DELETE FROM dentries WHERE cookie=?1")?;
+    for c in &seg.removed_dentries {
+        st.execute([*c as i64])?;
+    }
+    let mut st = tx.prepare_cached("DELETE FROM chunks WHERE ino=?1 AND idx=?2")?;
+    for (ino, idx) in &seg.removed_chunks {
+        st.execute([*ino as i64, *idx as i64])?;
+    }
+    let mut st = tx.prepare_cached("DELETE FROM xattrs WHERE ino=?1 AND name=?2")?;
+    for x in &seg.removed_xattrs {
+        st.execute(params![x.ino as i64, x.name])?;
+    }
+    // Removals first: an entry's (parent, name) may have moved to another cookie. Any
+    // remaining clash is with a row this segment also rewrites, so REPLACE is exact.
+    insert_rows(tx, &seg.inodes, &seg.dentries, &seg.chunks, &seg.xattrs)?;
+    tx.execute(
+        "INSERT OR REPLACE INTO state(key, value) VALUES ('next_ino', ?1)",
+        params![seg.next_ino.to_le_bytes().to_vec()],
+    )?;
+    Ok(())
+}
+
+impl SqliteMeta {
+    /// Whether there are changes not yet in any commit.
+    pub fn has_changes(&self) -> Result<bool> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT 1 FROM changes LIMIT 1", [], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
+    }
+
+    /// The changes since the last commit as a segment body (header fields left empty), the
+    /// change-log mark it includes, and the chunk ids no current row references.
+    pub fn export_changes(&self) -> Result<(Segment, i64, Vec<[u8; 16]>)> {
+        let conn = self.conn.lock();
+        let tx = conn.unchecked_transaction()?;
+        let mark: i64 =
+            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
+        let mut seg = Segment {
+            version: SEGMENT_VERSION,
+            ..Segment::default()
+        };
+        let keys: Vec<(i64, i64, Value)> = {
+            let mut st = tx.prepare("SELECT tbl, a, b FROM changes WHERE id <= ?1 ORDER BY id")?;
+            let rows = st.query_map([mark], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut q_inode = tx.prepare_cached(&format!(
+            "SELECT {INODE_COLS}, target, inline FROM inodes WHERE ino=?1"
+        ))?;
+        let mut q_dentry =
+            tx.prepare_cached("SELECT parent, name, ino FROM dentries WHERE cookie=?1")?;
+        let mut q_chunk = tx.prepare_cached(
+            "SELECT id, plain_len, stored_len, digest FROM chunks WHERE ino=?1 AND idx=?2",
+        )?;
+        let mut q_xattr = tx.prepare_cached("SELECT value FROM xattrs WHERE ino=?1 AND name=?2")?;
+        for (tbl, a, b) in keys {
+            match (tbl, b) {
+                (1, _) => {
+                    let row = q_inode
+                        .query_row([a], |r| {
+                            let (i, k) = row_inode(r)?;
+                            Ok((i, k, r.get(11)?, r.get(12)?))
+                        })
+                        .optional()?;
+                    match row {
+                        Some((mut inode, kind, target, inline)) => {
+                            inode.kind = FileKind::from_i64(kind)?;
+                            seg.inodes.push(SnapInode {
+                                inode,
+                                target,
+                                inline,
+                            });
+                        }
+                        None => seg.removed_inodes.push(a as u64),
+                    }
+                }
+                (2, _) => {
+                    let row = q_dentry
+                        .query_row([a], |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                r.get::<_, Vec<u8>>(1)?,
+                                r.get::<_, i64>(2)?,
+                            ))
+                        })
+                        .optional()?;
+                    match row {
+                        Some((parent, name, ino)) => seg.dentries.push(SnapDentry {
+                            cookie: a as u64,
+                            parent: parent as u64,
+                            name,
+                            ino: ino as u64,
+                        }),
+                        None => seg.removed_dentries.push(a as u64),
+                    }
+                }
+                (3, Value::Integer(idx)) => {
+                    let row = q_chunk
+                        .query_row([a, idx], |r| {
+                            Ok((
+                                r.get::<_, Vec<u8>>(0)?,
+                                r.get::<_, i64>(1)?,
+                                r.get::<_, i64>(2)?,
+                                r.get::<_, Vec<u8>>(3)?,
+                            ))
+                        })
+                        .optional()?;
+                    match row {
+                        Some((id, pl, sl, dg)) => {
+                            seg.chunks.push((a as u64, chunk_ref(idx, id, pl, sl, dg)?))
+                        }
+                        None => seg.removed_chunks.push((a as u64, idx as u64)),
+                    }
+                }
+                (4, Value::Blob(name)) => {
+                    let row: Option<Vec<u8>> = q_xattr
+                        .query_row(params![a, name], |r| r.get(0))
+                        .optional()?;
+                    match row {
+                        Some(value) => seg.xattrs.push(SnapXattr {
+                            ino: a as u64,
+                            name,
+                            value,
+                        }),
+                        None => seg.removed_xattrs.push(RemovedXattr {
+                            ino: a as u64,
+                            name,
+                        }),
+                    }
+                }
+                _ => return Err(MetaError::Corrupt(format!("change log entry {tbl}"))),
+            }
+        }
+        let next: Vec<u8> = tx
+            .query_row("SELECT value FROM state WHERE key='next_ino'", [], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| MetaError::Corrupt("next_ino missing".into()))?;
+        seg.next_ino = u64::from_le_bytes(
+            next.try_into()
+                .map_err(|_| MetaError::Corrupt("next_ino".into()))?,
+        );
+        let mut dead = Vec::new();
+        {
+            let mut st = tx.prepare("SELECT id FROM dead_chunks")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            for r in rows {
+                if let Ok(id) = <[u8; 16]>::try_from(r?) {
+                    dead.push(id);
+                }
+            }
+        }
+        drop((q_inode, q_dentry, q_chunk, q_xattr));
+        drop(tx);
+        Ok((seg, mark, dead))
+    }
+
+    /// After a commit reached the store: forget the change-log entries it carried (ids up to
+    /// `mark`) and record the new local head, in one transaction.
+    pub fn finish_commit(&self, mark: i64, state: &[(&str, Vec<u8>)]) -> Result<()> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM changes WHERE id <= ?1", [mark])?;
+        set_state_tx(&tx, state)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replace the whole tree with a snapshot's contents plus the segments after it, and
+    /// record `state`, in one transaction. Bulk path: no change logging, indexes built after.
+    pub fn load_state(
+        &self,
+        snap: &Snapshot,
+        segments: &[Segment],
+        state: &[(&str, Vec<u8>)],
+    ) -> Result<()> {
+        self.write(|tx| {
+            tx.execute_batch(DROP_FOR_BULK)?;
+            insert_rows(tx, &snap.inodes, &snap.dentries, &snap.chunks, &snap.xattrs)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO state(key, value) VALUES ('next_ino', ?1)",
+                params![snap.next_ino.to_le_bytes().to_vec()],
+            )?;
+            for seg in segments {
+                apply_segment_tx(tx, seg)?;
+            }
+            tx.execute_batch(INDEXES)?;
+            tx.execute_batch(TRIGGERS)?;
+            set_state_tx(tx, state)?;
+            Ok(())
+        })
+    }
+
+    /// Replace the whole tree with a snapshot's contents.
+    pub fn import(&self, snap: &Snapshot) -> Result<()> {
+        self.load_state(snap, &[], &[])
+    }
+
+    /// Apply segments on top of the current tree and record `state`, in one transaction.
+    /// Local changes made before stay logged; the segments' own rows are not logged.
+    pub fn apply_segments(&self, segments: &[Segment], state: &[(&str, Vec<u8>)]) -> Result<()> {
+        self.write(|tx| {
+            let before: i64 =
+                tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
+            for seg in segments {
+                apply_segment_tx(tx, seg)?;
+            }
+            tx.execute("DELETE FROM changes WHERE id > ?1", [before])?;
+            set_state_tx(tx, state)?;
+            Ok(())
+        })
+    }
+
+    /// Check that the tree is whole: a root directory, every entry between existing inodes
+    /// under a directory, chunks only on regular files. Returns the problems found.
+    pub fn check_tree(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut out = Vec::new();
+            let root: Option<i64> = c
+                .query_row("SELECT kind FROM inodes WHERE ino=1", [], |r| r.get(0))
+                .optional()?;
+            if root != Some(FileKind::Dir.to_i64()) {
+                out.push("no root directory".to_string());
+            }
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM dentries d LEFT JOIN inodes p ON p.ino=d.parent
+                 LEFT JOIN inodes i ON i.ino=d.ino WHERE p.kind IS NOT 2 OR i.ino IS NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            if n > 0 {
+                out.push(format!("{n} directory entries are dangling"));
+            }
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM chunks c LEFT JOIN inodes i ON i.ino=c.ino WHERE i.kind IS NOT 1",
+                [],
+                |r| r.get(0),
+            )?;
+            if n > 0 {
+                out.push(format!("{n} chunk references belong to no regular file"));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Objects to delete once `due` (Unix seconds) has passed.
+    pub fn add_garbage(&self, keys: &[String], due: u64) -> Result<()> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut st =
+                tx.prepare_cached("INSERT OR IGNORE INTO garbage(key, due) VALUES (?1, ?2)")?;
+            for k in keys {
+                st.execute(params![k, due as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Garbage whose grace period is over at `now` (Unix seconds).
+    pub fn due_garbage(&self, now: u64) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT key FROM garbage WHERE due <= ?1 LIMIT 10000")?;
+            let rows = st.query_map([now as i64], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    pub fn forget_garbage(&self, keys: &[String]) -> Result<()> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached("DELETE FROM garbage WHERE key=?1")?;
+            for k in keys {
+                st.execute([k])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
