@@ -111,6 +111,7 @@ fn cli_args() -> (StoreArgs, KeyArgs) {
             endpoint: None,
             region: None,
             s3: Default::default(),
+            io_timeout: 60,
         },
         KeyArgs {
             passphrase_file: None,
