@@ -3,6 +3,8 @@
 pub mod config;
 pub mod control;
 pub mod exit;
+pub mod fsck;
+pub mod gc;
 pub mod gen;
 pub mod helper;
 pub mod init;
@@ -12,7 +14,6 @@ pub mod mount;
 pub mod notify;
 pub mod passcmd;
 pub mod passwd;
-#[allow(dead_code)] // wired into unmount, fsck, gc and rekey as they land
 pub mod progress;
 pub mod s3opts;
 pub mod status;
@@ -75,6 +76,10 @@ pub enum Command {
     Key(key::KeyCmd),
     /// Change a passphrase (rewrites its key slot only; data is not re-encrypted).
     Passwd(passwd::PasswdArgs),
+    /// Check a volume from the bucket alone (header, metadata, chunks); --repair fixes.
+    Fsck(fsck::FsckArgs),
+    /// Delete chunk objects nothing references (older than a safety delay).
+    Gc(gc::GcArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -93,6 +93,7 @@ impl Progress {
         }
     }
 
+    #[allow(dead_code)] // for unmount and rekey progress
     pub fn set_position(&self, pos: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(pos);
@@ -104,6 +105,7 @@ impl Progress {
         }
     }
 
+    #[allow(dead_code)] // for unmount and rekey progress
     pub fn set_length(&self, len: u64) {
         if let Some(bar) = &self.bar {
             bar.set_length(len);
@@ -114,6 +116,7 @@ impl Progress {
     }
 
     /// Print a line above the bar (or as a plain line).
+    #[allow(dead_code)] // for unmount and rekey progress
     pub fn println(&self, msg: &str) {
         match &self.bar {
             Some(bar) => bar.println(msg),
