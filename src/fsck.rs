@@ -140,7 +140,9 @@ impl FsckReport {
 /// the whole chain and folds it into the tree belongs here.
 pub fn load_committed(remote: &RemoteMeta) -> crate::meta::Result<(Head, Snapshot)> {
     let (head, _hash) = remote.fetch_head()?.ok_or_else(|| {
-        crate::meta::MetaError::Refused("the volume has no metadata head (m/head is missing)".into())
+        crate::meta::MetaError::Refused(
+            "the volume has no metadata head (m/head is missing)".into(),
+        )
     })?;
     let snap = remote.fetch_snapshot(&head)?;
     Ok((head, snap))
@@ -243,9 +245,6 @@ pub fn check(
             }
             Err(e) => {
                 let e = crate::volume::header_error(&desc, bytes, e);
-                if matches!(e, VolumeError::WrongKey { .. }) && keys.is_none() {
-                    // Maybe the other copy is the damaged one; decide once both are seen.
-                }
                 report.add(
                     Severity::Error,
                     Problem::HeaderDamaged(key.to_string()),
@@ -331,7 +330,11 @@ pub fn check(
                     Severity::Error,
                     Problem::ChunkMissing,
                     Some(path_of(*ino)),
-                    format!("chunk {} (bytes {}..) is missing: {key}", c.idx, c.idx * params.chunk_size as u64),
+                    format!(
+                        "chunk {} (bytes {}..) is missing: {key}",
+                        c.idx,
+                        c.idx * params.chunk_size as u64
+                    ),
                 );
                 damaged.insert(*ino, ());
             }
@@ -384,7 +387,8 @@ pub fn check(
                     Ok(bytes) => {
                         progress(Event::Advance(bytes.len() as u64));
                         report.verified_bytes += bytes.len() as u64;
-                        if let Err(e) = keys.open_chunk(&ChunkId(c.id), c.plain_len, &c.digest, &bytes)
+                        if let Err(e) =
+                            keys.open_chunk(&ChunkId(c.id), c.plain_len, &c.digest, &bytes)
                         {
                             report.add(
                                 Severity::Error,
@@ -475,7 +479,9 @@ pub fn repair_header(
     };
     rt.block_on(store.put(key, Bytes::from(bytes.clone()), PutMode::Overwrite))
         .map_err(|e| VolumeError::Store(store.describe(), e))?;
-    Ok(Some(format!("rewrote header copy {key} from the intact copy")))
+    Ok(Some(format!(
+        "rewrote header copy {key} from the intact copy"
+    )))
 }
 
 /// Move every damaged file's names into /lost+found on an open volume (which holds the
@@ -491,7 +497,11 @@ pub fn repair_files(vol: &Volume, report: &FsckReport) -> Result<Vec<String>, Vo
         Err(_) => {
             // SAFETY: getuid/getgid cannot fail.
             let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-            let ctx = Ctx { uid, gid, umask: 0o077 };
+            let ctx = Ctx {
+                uid,
+                gid,
+                umask: 0o077,
+            };
             vfs.mkdir(&ctx, ROOT_INO, LOST_FOUND.as_bytes(), 0o700)?.ino
         }
     };

@@ -118,7 +118,11 @@ mod tests {
             }
         );
         let (doomed, _) = plan(&listing, &referenced, Duration::ZERO, now);
-        assert_eq!(doomed.len(), 2, "min age 0 still spares the unknown-age object");
+        assert_eq!(
+            doomed.len(),
+            2,
+            "min age 0 still spares the unknown-age object"
+        );
     }
 
     #[test]

@@ -68,7 +68,16 @@ fn workload(mnt: PathBuf, seed: u64, first_id: u64, log: Log, stop: Arc<AtomicBo
     let mut rng = Rng(seed | 1);
     let mut id = first_id;
     let mut scratch: Vec<PathBuf> = Vec::new();
-    let sizes = [0u64, 1, 100, 4095, 5000, 70_000, 300_000, CHUNK as u64 + 1000];
+    let sizes = [
+        0u64,
+        1,
+        100,
+        4095,
+        5000,
+        70_000,
+        300_000,
+        CHUNK as u64 + 1000,
+    ];
     let mut run = || -> std::io::Result<()> {
         while !stop.load(Ordering::SeqCst) {
             id += 1;
@@ -124,14 +133,22 @@ fn verify(mnt: &Path, log: &BTreeMap<PathBuf, u64>, what: &str) -> usize {
         let got = std::fs::read(&p)
             .unwrap_or_else(|e| panic!("{what}: fsync'd file {} is gone: {e}", rel.display()));
         let id = id_of(rel.file_name().unwrap().to_str().unwrap()).unwrap();
-        assert_eq!(got.len() as u64, *len, "{what}: {} has the wrong length", rel.display());
+        assert_eq!(
+            got.len() as u64,
+            *len,
+            "{what}: {} has the wrong length",
+            rel.display()
+        );
         if got != pattern(id, *len) {
             let at = got
                 .iter()
                 .enumerate()
                 .position(|(i, b)| *b != pattern_byte(id, i as u64))
                 .unwrap_or(0);
-            panic!("{what}: fsync'd file {} differs at byte {at}", rel.display());
+            panic!(
+                "{what}: fsync'd file {} differs at byte {at}",
+                rel.display()
+            );
         }
     }
     let mut present = 0;
@@ -142,7 +159,8 @@ fn verify(mnt: &Path, log: &BTreeMap<PathBuf, u64>, what: &str) -> usize {
             panic!("{what}: fsck-style damage: {}", rel.display());
         }
         let id = id_of(name).unwrap_or_else(|| panic!("{what}: unexpected file {}", rel.display()));
-        let got = std::fs::read(&p).unwrap_or_else(|e| panic!("{what}: read {}: {e}", rel.display()));
+        let got =
+            std::fs::read(&p).unwrap_or_else(|e| panic!("{what}: read {}: {e}", rel.display()));
         if let Some(at) = got
             .iter()
             .enumerate()
@@ -239,7 +257,11 @@ fn sigkill_cycles_lose_nothing_fsynced() {
         let fresh_cache = dir.path().join(format!("fresh-cache-{cycle}"));
         let f = vol.mount(&fresh_mnt, &fresh_cache);
         let snapshot = log.lock().unwrap().clone();
-        stats.0 = verify(&fresh_mnt, &snapshot, &format!("cycle {cycle}, fresh cache dir"));
+        stats.0 = verify(
+            &fresh_mnt,
+            &snapshot,
+            &format!("cycle {cycle}, fresh cache dir"),
+        );
         f.unmount();
         let _ = std::fs::remove_dir_all(&fresh_cache);
         fsck_clean(&vol, &format!("cycle {cycle}"));
@@ -256,7 +278,10 @@ fn sigkill_cycles_lose_nothing_fsynced() {
         snapshot.len(),
         stats.0
     );
-    assert!(snapshot.len() as u64 >= cycles / 2, "the workload logged too little");
+    assert!(
+        snapshot.len() as u64 >= cycles / 2,
+        "the workload logged too little"
+    );
 }
 
 #[test]
@@ -270,7 +295,10 @@ fn mount_with_ten_percent_faults() {
     let mnt = dir.path().join("mnt");
     let cache = dir.path().join("cache");
     // The daemon inherits the variable from the mount command.
-    std::env::set_var("CRYPTBUCKET_TEST_FAULTS", "seed=11,rate=0.1,timeout_ms=50,slow_ms=20");
+    std::env::set_var(
+        "CRYPTBUCKET_TEST_FAULTS",
+        "seed=11,rate=0.1,timeout_ms=50,slow_ms=20",
+    );
     let m = vol.mount(&mnt, &cache);
     std::env::remove_var("CRYPTBUCKET_TEST_FAULTS");
     let mut expect = BTreeMap::new();
@@ -293,10 +321,16 @@ fn mount_with_ten_percent_faults() {
     m.unmount();
     let injected = log.matches("(injected").count();
     eprintln!("the faulty mount retried {injected} injected failures");
-    assert!(injected > 5, "faults were on and some requests failed: {log}");
+    assert!(
+        injected > 5,
+        "faults were on and some requests failed: {log}"
+    );
     let fresh = dir.path().join("fresh");
     let f = vol.mount(&mnt, &fresh);
-    assert_eq!(verify(&mnt, &expect, "fresh cache dir, healthy store"), expect.len());
+    assert_eq!(
+        verify(&mnt, &expect, "fresh cache dir, healthy store"),
+        expect.len()
+    );
     f.unmount();
     fsck_clean(&vol, "after the faulty mount");
 }
@@ -337,7 +371,9 @@ impl Proxy {
                 match l.accept() {
                     Ok((c, _)) => {
                         c.set_nonblocking(false).unwrap();
-                        let Ok(s) = TcpStream::connect(&target) else { continue };
+                        let Ok(s) = TcpStream::connect(&target) else {
+                            continue;
+                        };
                         let mut g = conns.lock().unwrap();
                         g.push(c.try_clone().unwrap());
                         g.push(s.try_clone().unwrap());
@@ -429,10 +465,15 @@ fn s3_outage_mid_upload_recovers() {
     };
     // Cut the connection in the middle of the upload: once some MiB went through.
     let t = Instant::now();
-    while proxy.bytes.load(Ordering::SeqCst) < 2 * MIB as u64 && t.elapsed() < Duration::from_secs(30) {
+    while proxy.bytes.load(Ordering::SeqCst) < 2 * MIB as u64
+        && t.elapsed() < Duration::from_secs(30)
+    {
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert!(!writer.is_finished(), "the upload finished before the outage");
+    assert!(
+        !writer.is_finished(),
+        "the upload finished before the outage"
+    );
     proxy.kill();
     std::thread::sleep(Duration::from_secs(3));
     proxy.restart();

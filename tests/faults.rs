@@ -169,7 +169,10 @@ fn ten_percent_failing_requests_are_invisible_to_the_application() {
 fn store_down_fsync_fails_with_eio_after_io_timeout_and_recovers() {
     let base = Arc::new(MemoryStore::new());
     create(base.clone());
-    let faulty = Arc::new(FaultStore::new(Shared(base.clone()), FaultConfig::default()));
+    let faulty = Arc::new(FaultStore::new(
+        Shared(base.clone()),
+        FaultConfig::default(),
+    ));
     let io_timeout = Duration::from_millis(1500);
     let store: Arc<dyn ObjectStore> = Arc::new(RetryStore::with_policy(
         SharedFault(faulty.clone()),
@@ -183,7 +186,9 @@ fn store_down_fsync_fails_with_eio_after_io_timeout_and_recovers() {
 
     faulty.set_down(true);
     let t = Instant::now();
-    let err = vfs.fsync(fh).expect_err("fsync must fail while the store is down");
+    let err = vfs
+        .fsync(fh)
+        .expect_err("fsync must fail while the store is down");
     let took = t.elapsed();
     assert_eq!(err.errno(), libc::EIO, "{err}");
     assert!(

@@ -174,17 +174,32 @@ fn fsck_reports_tampering_by_path_and_repair_moves_damage_to_lost_found() {
 
     let quick = fsck(&store, &[]);
     assert_eq!(quick.status.code(), Some(3), "{quick}");
-    assert!(quick.stdout.contains("error: /a/one: ") && quick.stdout.contains("missing"), "{quick}");
-    assert!(quick.stdout.contains("error: /a/two: ") && quick.stdout.contains("wrong size"), "{quick}");
-    assert!(!quick.stdout.contains("/three"), "a flipped byte needs --full: {quick}");
+    assert!(
+        quick.stdout.contains("error: /a/one: ") && quick.stdout.contains("missing"),
+        "{quick}"
+    );
+    assert!(
+        quick.stdout.contains("error: /a/two: ") && quick.stdout.contains("wrong size"),
+        "{quick}"
+    );
+    assert!(
+        !quick.stdout.contains("/three"),
+        "a flipped byte needs --full: {quick}"
+    );
     assert!(quick.stdout.contains("2 orphan chunk objects"), "{quick}");
 
     let full = fsck(&store, &["--full", "--list-orphans"]);
     assert_eq!(full.status.code(), Some(3), "{full}");
-    assert!(full.stdout.contains("error: /three: ") && full.stdout.contains("authentication"), "{full}");
+    assert!(
+        full.stdout.contains("error: /three: ") && full.stdout.contains("authentication"),
+        "{full}"
+    );
     assert!(full.stdout.contains("3 errors"), "{full}");
     for o in &orphans {
-        assert!(full.stdout.contains(o.as_str()), "orphan {o} listed: {full}");
+        assert!(
+            full.stdout.contains(o.as_str()),
+            "orphan {o} listed: {full}"
+        );
     }
     assert!(!full.stdout.contains("/five"), "{full}");
 
@@ -206,12 +221,18 @@ fn fsck_reports_tampering_by_path_and_repair_moves_damage_to_lost_found() {
     assert_eq!(repair.status.code(), Some(4), "{repair}");
     for p in ["/a/one", "/a/two", "/three"] {
         assert!(
-            repair.stdout.contains(&format!("repaired: moved {p} to /lost+found/")),
+            repair
+                .stdout
+                .contains(&format!("repaired: moved {p} to /lost+found/")),
             "{p}: {repair}"
         );
     }
     let again = fsck(&store, &["--full"]);
-    assert_eq!(again.status.code(), Some(0), "repaired volume checks clean: {again}");
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "repaired volume checks clean: {again}"
+    );
     assert!(again.stdout.contains("already in /lost+found"), "{again}");
     assert!(again.stdout.contains("0 errors"), "{again}");
 
@@ -271,12 +292,22 @@ fn gc_on_an_unmounted_volume_frees_only_old_unreferenced_chunks() {
 
     let young = gc(&store, &[]);
     young.assert_ok();
-    assert!(young.stdout.contains("freed 0 unreferenced chunk objects"), "{young}");
-    assert!(young.stdout.contains("3 unreferenced but younger"), "{young}");
+    assert!(
+        young.stdout.contains("freed 0 unreferenced chunk objects"),
+        "{young}"
+    );
+    assert!(
+        young.stdout.contains("3 unreferenced but younger"),
+        "{young}"
+    );
 
     let dry = gc(&store, &["--min-age", "0", "--dry-run"]);
     dry.assert_ok();
-    assert!(dry.stdout.contains("would free 3 unreferenced chunk objects (3003 bytes)"), "{dry}");
+    assert!(
+        dry.stdout
+            .contains("would free 3 unreferenced chunk objects (3003 bytes)"),
+        "{dry}"
+    );
     assert_eq!(chunk_files(&store).len(), referenced.len() + 3);
 
     // Refused while another writer holds the lease.
@@ -295,7 +326,11 @@ fn gc_on_an_unmounted_volume_frees_only_old_unreferenced_chunks() {
 
     let done = gc(&store, &["--min-age", "0"]);
     done.assert_ok();
-    assert!(done.stdout.contains("freed 3 unreferenced chunk objects (3003 bytes)"), "{done}");
+    assert!(
+        done.stdout
+            .contains("freed 3 unreferenced chunk objects (3003 bytes)"),
+        "{done}"
+    );
     assert_eq!(chunk_files(&store), referenced);
     for o in &orphans {
         assert!(!store.join(o).exists());
@@ -319,14 +354,23 @@ fn gc_on_a_live_mount_goes_through_the_daemon() {
     write_file(&mnt.join("big"), &big);
     write_file(&mnt.join("gone"), &pattern(CHUNK + 1, 4));
     std::fs::remove_file(mnt.join("gone")).unwrap();
-    let sync = run(std::process::Command::new("sync").arg("-f").arg(mnt.join("big")), CMD_TIMEOUT);
+    let sync = run(
+        std::process::Command::new("sync")
+            .arg("-f")
+            .arg(mnt.join("big")),
+        CMD_TIMEOUT,
+    );
     sync.assert_ok();
     let orphans = add_orphans(&store, 2);
     let before = chunk_files(&store).len();
 
     let o = gc(&mnt, &["--min-age", "0"]);
     o.assert_ok();
-    assert!(o.stdout.contains("freed 2 unreferenced chunk objects (2001 bytes)"), "{o}");
+    assert!(
+        o.stdout
+            .contains("freed 2 unreferenced chunk objects (2001 bytes)"),
+        "{o}"
+    );
     assert_eq!(chunk_files(&store).len(), before - 2);
     for k in &orphans {
         assert!(!store.join(k).exists());

@@ -308,7 +308,11 @@ mod tests {
             );
             let mut fails = Vec::new();
             for i in 0..2000 {
-                fails.push(s.head(&format!("k{i}")).await.is_err_and(|e| e.is_transient()));
+                fails.push(
+                    s.head(&format!("k{i}"))
+                        .await
+                        .is_err_and(|e| e.is_transient()),
+                );
             }
             fails
         };
@@ -341,7 +345,9 @@ mod tests {
                 ..Default::default()
             },
         );
-        let r = s.put("k", Bytes::from_static(b"x"), PutMode::Overwrite).await;
+        let r = s
+            .put("k", Bytes::from_static(b"x"), PutMode::Overwrite)
+            .await;
         assert!(r.is_err_and(|e| e.is_transient()));
         assert_eq!(s.inner().get("k", None).await.unwrap().as_ref(), b"x");
         s.set_down(true);

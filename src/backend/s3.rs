@@ -513,7 +513,9 @@ impl ObjectStore for S3Store {
                 .and_then(|n| u64::try_from(n).ok())
                 .unwrap_or(0),
             etag: out.e_tag,
-            modified: out.last_modified.and_then(|t| std::time::SystemTime::try_from(t).ok()),
+            modified: out
+                .last_modified
+                .and_then(|t| std::time::SystemTime::try_from(t).ok()),
         })
     }
 

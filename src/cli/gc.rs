@@ -78,8 +78,11 @@ pub fn run(args: GcArgs) -> Result<()> {
         let referenced: HashSet<[u8; 16]> = snap.chunks.iter().map(|(_, c)| c.id).collect();
         let (doomed, report) = plan(&listing, &referenced, min_age, now);
         if !args.dry_run {
-            let progress =
-                super::progress::Progress::new("deleting", doomed.len() as u64, super::progress::Unit::Items);
+            let progress = super::progress::Progress::new(
+                "deleting",
+                doomed.len() as u64,
+                super::progress::Unit::Items,
+            );
             for batch in doomed.chunks(32) {
                 // Keep the lease fresh through a long collection.
                 lease.check()?;

@@ -29,8 +29,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
-use cryptbucket::backend::local::LocalStore;
 use cryptbucket::backend::fault::{FaultConfig, FaultStore};
+use cryptbucket::backend::local::LocalStore;
 use cryptbucket::backend::retry::{RetryPolicy, RetryStore};
 use cryptbucket::backend::s3::{S3Config, S3Store};
 use cryptbucket::backend::sse::SseMode;
@@ -110,7 +110,10 @@ fn with_retries<S: ObjectStore + 'static>(s: S, args: &StoreArgs) -> Result<Arc<
             let cfg = FaultConfig::parse(&spec)
                 .map_err(|e| anyhow::anyhow!("CRYPTBUCKET_TEST_FAULTS: {e}"))?;
             tracing::warn!("injecting store faults ({spec}): for tests only");
-            Ok(Arc::new(RetryStore::with_policy(FaultStore::new(s, cfg), policy)))
+            Ok(Arc::new(RetryStore::with_policy(
+                FaultStore::new(s, cfg),
+                policy,
+            )))
         }
         _ => Ok(Arc::new(RetryStore::with_policy(s, policy))),
     }
