@@ -87,7 +87,7 @@ fn workload(mnt: PathBuf, seed: u64, first_id: u64, log: Log, stop: Arc<AtomicBo
             let size = {
                 let i = rng.below(100);
                 // Big files are rare: they cost an upload of a whole chunk.
-                let idx = if i < 4 { 7 } else { (i % 7) as usize };
+                let idx = if i < 2 { 7 } else { (i % 7) as usize };
                 sizes[idx]
             };
             if pick < 55 {
@@ -265,6 +265,12 @@ fn sigkill_cycles_lose_nothing_fsynced() {
         f.unmount();
         let _ = std::fs::remove_dir_all(&fresh_cache);
         fsck_clean(&vol, &format!("cycle {cycle}"));
+        eprintln!(
+            "cycle {cycle}: killed, {} files fsync'd so far, {} present, {:.1?} elapsed",
+            snapshot.len(),
+            stats.0,
+            started.elapsed()
+        );
     }
     let m = vol.mount(&mnt, &cache);
     let snapshot = log.lock().unwrap().clone();
