@@ -455,7 +455,7 @@ fn s3_outage_mid_upload_recovers() {
     vol.init();
     let dir = tempdir();
     let mnt = dir.path().join("mnt");
-    let m = vol.mount_with(&mnt, &dir.path().join("cache"), &["--io-timeout", "60"]);
+    let m = vol.mount_with(&mnt, &dir.path().join("cache"), &["--io-timeout", "8"]);
 
     let mut expect = BTreeMap::new();
     let big = 3 * CHUNK as u64 + 11;
@@ -493,6 +493,24 @@ fn s3_outage_mid_upload_recovers() {
     }
     expect.insert(PathBuf::from("f2"), 5000);
     verify(&mnt, &expect, "after the outage");
+
+    // An outage longer than --io-timeout: fsync fails with EIO, the data stays buffered,
+    // and a later fsync once the server is back succeeds.
+    {
+        let mut f = std::fs::File::create(mnt.join("f3")).unwrap();
+        f.write_all(&pattern(3, 300_000)).unwrap();
+        proxy.kill();
+        let t = Instant::now();
+        let err = f.sync_all().expect_err("fsync while the store is gone");
+        let took = t.elapsed();
+        eprintln!("fsync during a long outage failed after {took:?}: {err}");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        assert!(took >= Duration::from_secs(5), "gave up after {took:?}");
+        proxy.restart();
+        f.sync_all().expect("fsync once the store is back");
+    }
+    expect.insert(PathBuf::from("f3"), 300_000);
+    verify(&mnt, &expect, "after the long outage");
     m.unmount();
 
     let fresh = dir.path().join("fresh");

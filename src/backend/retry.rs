@@ -20,8 +20,9 @@ use bytes::Bytes;
 
 use super::{BackendError, ObjectMeta, ObjectStore, PutMode, Result};
 
-/// Retry limits. A failed call is retried until `max_attempts` attempts were made or the
-/// next sleep would end past `deadline` after the first attempt began.
+/// Retry limits. A failed call is retried until `max_attempts` attempts were made or
+/// `deadline` has passed since the first attempt began (the last sleep is shortened to end
+/// at the deadline, with one more attempt then).
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Total attempts, including the first (at least 1).
@@ -148,10 +149,11 @@ impl<S: ObjectStore> RetryStore<S> {
                 }
                 Err(e) if e.is_transient() => {
                     had_transient = true;
-                    let delay = self.policy.delay(attempt);
-                    if attempt >= self.policy.max_attempts
-                        || start.elapsed() + delay > self.policy.deadline
-                    {
+                    // The last sleep is cut to end at the deadline, so a store that stays
+                    // away is given the whole deadline (the io timeout), not less.
+                    let remaining = self.policy.deadline.saturating_sub(start.elapsed());
+                    let delay = self.policy.delay(attempt).min(remaining);
+                    if attempt >= self.policy.max_attempts || remaining < Duration::from_millis(1) {
                         tracing::warn!(op, key, attempts = attempt, error = %e, "giving up");
                         return Err(BackendError::Transient(format!(
                             "{op} {key}: gave up after {attempt} attempts in {:.1?}: {e}",
