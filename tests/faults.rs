@@ -265,3 +265,47 @@ macro_rules! forward {
 }
 forward!(Shared);
 forward!(SharedFault);
+
+#[test]
+fn a_lease_that_ran_out_during_an_outage_is_renewed_afterwards() {
+    let base = Arc::new(MemoryStore::new());
+    create(base.clone());
+    let faulty = Arc::new(FaultStore::new(
+        Shared(base.clone()),
+        FaultConfig::default(),
+    ));
+    let store: Arc<dyn ObjectStore> = Arc::new(RetryStore::with_policy(
+        SharedFault(faulty.clone()),
+        fast_retries(Duration::from_millis(300)),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let opts = volume::OpenOptions {
+        cache_dir: Some(dir.path().to_owned()),
+        lease_ttl: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let v = volume::open_with(volume::runtime().unwrap(), store, &key(), &opts).unwrap();
+    let (_, fh) = v.vfs.create(&CTX, ROOT_INO, b"f", 0o644).unwrap();
+    v.vfs.write(fh, 0, b"kept through the outage").unwrap();
+    faulty.set_down(true);
+    assert!(
+        v.lease.renew().is_err(),
+        "no renewal while the store is down"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    faulty.set_down(false);
+    assert!(
+        v.vfs.fsync(fh).is_err(),
+        "the lease ran out: commits are fenced"
+    );
+    v.lease
+        .renew()
+        .expect("an expired lease nobody took is renewed");
+    v.vfs.fsync(fh).expect("commits resume");
+    v.vfs.release(fh).unwrap();
+    v.unmount().unwrap();
+    let (v, _dir) = open(base);
+    let a = v.vfs.lookup(ROOT_INO, b"f").unwrap();
+    assert_eq!(read_all(&v.vfs, a.ino), b"kept through the outage");
+    v.unmount().unwrap();
+}
