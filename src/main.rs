@@ -63,6 +63,8 @@ please report it; run with RUST_BACKTRACE=1 for details"
         cli::Command::Manpage => cli::gen::manpage(),
         cli::Command::Key(a) => cli::key::run(a),
         cli::Command::Passwd(a) => cli::passwd::run(a),
+        cli::Command::Fsck(a) => cli::fsck::run(a),
+        cli::Command::Gc(a) => cli::gc::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {}", error_chain(&e));

@@ -101,6 +101,17 @@ async fn run_suite(store: Arc<dyn ObjectStore>) {
     assert_eq!(listed[0].key, "rt/a");
     assert_eq!(listed[0].size, 1000);
     assert_eq!(listed[0].etag, put.etag);
+    // gc relies on list (and head) reporting when an object was written.
+    for (what, m) in [("list", listed[0].modified), ("head", head.modified)] {
+        let m = m.unwrap_or_else(|| panic!("{what} reports no last-modified time"));
+        let age = std::time::SystemTime::now()
+            .duration_since(m)
+            .unwrap_or_default();
+        assert!(
+            age < Duration::from_secs(600),
+            "{what}: modified {age:?} ago"
+        );
+    }
 
     // Empty object.
     s.put("empty/e", Bytes::new(), PutMode::Overwrite)

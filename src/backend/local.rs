@@ -145,6 +145,7 @@ fn meta_of(key: &str, m: &fs::Metadata) -> ObjectMeta {
         key: key.to_string(),
         size: m.size(),
         etag: Some(etag_of(m)),
+        modified: m.modified().ok(),
     }
 }
 

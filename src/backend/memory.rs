@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use super::{BackendError, ObjectMeta, ObjectStore, PutMode, Result};
 struct Entry {
     data: Bytes,
     etag: String,
+    modified: SystemTime,
 }
 
 /// A store that keeps every object in memory. Conditional puts are honoured.
@@ -77,17 +79,20 @@ impl ObjectStore for MemoryStore {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let etag = format!("\"m{:x}-{:x}\"", n, data.len());
         let size = data.len() as u64;
+        let modified = SystemTime::now();
         objects.insert(
             key.to_string(),
             Entry {
                 data,
                 etag: etag.clone(),
+                modified,
             },
         );
         Ok(ObjectMeta {
             key: key.to_string(),
             size,
             etag: Some(etag),
+            modified: Some(modified),
         })
     }
 
@@ -109,6 +114,7 @@ impl ObjectStore for MemoryStore {
             key: key.to_string(),
             size: e.data.len() as u64,
             etag: Some(e.etag.clone()),
+            modified: Some(e.modified),
         })
     }
 
@@ -126,6 +132,7 @@ impl ObjectStore for MemoryStore {
                 key: k.clone(),
                 size: e.data.len() as u64,
                 etag: Some(e.etag.clone()),
+                modified: Some(e.modified),
             })
             .collect())
     }

@@ -3,6 +3,7 @@
 //! Nothing above this module knows which store it talks to. Keys are plain
 //! strings made of `[a-z0-9/._-]`; values are opaque byte strings.
 
+pub mod fault;
 pub mod local;
 pub mod memory;
 pub mod retry;
@@ -12,6 +13,7 @@ pub mod tls;
 
 use std::fmt::Debug;
 use std::ops::Range;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -55,6 +57,9 @@ pub struct ObjectMeta {
     pub size: u64,
     /// Opaque version tag usable with `PutMode::IfMatch`.
     pub etag: Option<String>,
+    /// When the object was last written, as the store reports it (`None`: unknown). `gc`
+    /// uses it to leave recently uploaded chunks alone.
+    pub modified: Option<SystemTime>,
 }
 
 /// How a put treats an existing object.

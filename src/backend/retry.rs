@@ -20,8 +20,9 @@ use bytes::Bytes;
 
 use super::{BackendError, ObjectMeta, ObjectStore, PutMode, Result};
 
-/// Retry limits. A failed call is retried until `max_attempts` attempts were made or the
-/// next sleep would end past `deadline` after the first attempt began.
+/// Retry limits. A failed call is retried until `max_attempts` attempts were made or
+/// `deadline` has passed since the first attempt began (the last sleep is shortened to end
+/// at the deadline, with one more attempt then).
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Total attempts, including the first (at least 1).
@@ -46,6 +47,16 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Keep retrying transient failures for up to `io_timeout` (the mount's `--io-timeout`):
+    /// the attempt count no longer limits, only the time does.
+    pub fn with_io_timeout(io_timeout: Duration) -> Self {
+        RetryPolicy {
+            max_attempts: u32::MAX,
+            deadline: io_timeout,
+            ..RetryPolicy::default()
+        }
+    }
+
     /// The sleep before retry number `retry` (1-based): full jitter in
     /// `[cap/2, cap]` with `cap = min(max_delay, base * 2^(retry-1))`.
     pub fn delay(&self, retry: u32) -> Duration {
@@ -104,6 +115,22 @@ impl<S: ObjectStore> RetryStore<S> {
         &self.policy
     }
 
+    /// A ranged GET came back shorter than asked. That is right at the end of the object
+    /// (ranges are clamped to its size) and wrong anywhere else: a body cut off in transit
+    /// (a proxy or server closing early). One HEAD tells the two apart; a cut body is a
+    /// transient failure, retried like any other.
+    async fn check_short_body(&self, key: &str, r: &Range<u64>, body: Bytes) -> Result<Bytes> {
+        let size = self.inner.head(key).await?.size;
+        let expected = r.end.min(size).saturating_sub(r.start);
+        if (body.len() as u64) < expected {
+            return Err(BackendError::Transient(format!(
+                "get {key}: truncated body ({} of {expected} bytes)",
+                body.len()
+            )));
+        }
+        Ok(body)
+    }
+
     async fn run<T, F, Fut>(&self, op: &str, key: &str, mut f: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -122,10 +149,11 @@ impl<S: ObjectStore> RetryStore<S> {
                 }
                 Err(e) if e.is_transient() => {
                     had_transient = true;
-                    let delay = self.policy.delay(attempt);
-                    if attempt >= self.policy.max_attempts
-                        || start.elapsed() + delay > self.policy.deadline
-                    {
+                    // The last sleep is cut to end at the deadline, so a store that stays
+                    // away is given the whole deadline (the io timeout), not less.
+                    let remaining = self.policy.deadline.saturating_sub(start.elapsed());
+                    let delay = self.policy.delay(attempt).min(remaining);
+                    if attempt >= self.policy.max_attempts || remaining < Duration::from_millis(1) {
                         tracing::warn!(op, key, attempts = attempt, error = %e, "giving up");
                         return Err(BackendError::Transient(format!(
                             "{op} {key}: gave up after {attempt} attempts in {:.1?}: {e}",
@@ -155,8 +183,16 @@ impl<S: ObjectStore> ObjectStore for RetryStore<S> {
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes> {
-        self.run("get", key, || self.inner.get(key, range.clone()))
-            .await
+        self.run("get", key, || async {
+            let body = self.inner.get(key, range.clone()).await?;
+            match &range {
+                Some(r) if (body.len() as u64) < r.end - r.start => {
+                    self.check_short_body(key, r, body).await
+                }
+                _ => Ok(body),
+            }
+        })
+        .await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {

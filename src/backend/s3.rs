@@ -428,6 +428,9 @@ impl ObjectStore for S3Store {
             key: key.to_string(),
             size,
             etag: out.e_tag,
+            // The store's clock is not ours; PUT does not return it, and callers of put
+            // only use the etag.
+            modified: None,
         })
     }
 
@@ -510,6 +513,9 @@ impl ObjectStore for S3Store {
                 .and_then(|n| u64::try_from(n).ok())
                 .unwrap_or(0),
             etag: out.e_tag,
+            modified: out
+                .last_modified
+                .and_then(|t| std::time::SystemTime::try_from(t).ok()),
         })
     }
 
@@ -553,6 +559,9 @@ impl ObjectStore for S3Store {
                     key: k.to_string(),
                     size: obj.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
                     etag: obj.e_tag().map(str::to_string),
+                    modified: obj
+                        .last_modified()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
                 });
             }
             match (page.is_truncated(), page.next_continuation_token()) {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use cryptbucket::gc::GcReport;
 use cryptbucket::vfs::Vfs;
 
 use super::metrics::{CounterSnapshot, Counters};
@@ -105,6 +106,20 @@ impl Server {
         }
     }
 
+    /// `gc MIN_AGE_SECS DRY(0|1)`: collect garbage with this mount's view of the references.
+    fn gc(&self, line: &str) -> String {
+        let mut it = line.split_whitespace().skip(1);
+        let min_age = it.next().and_then(|v| v.parse::<u64>().ok());
+        let dry = it.next() == Some("1");
+        let Some(min_age) = min_age else {
+            return "{\"error\":\"usage: gc MIN_AGE_SECS DRY\"}".into();
+        };
+        match self.vfs.collect_garbage(Duration::from_secs(min_age), dry) {
+            Ok(r) => serde_json::to_string(&r).unwrap_or_else(|e| error_json(&e.to_string())),
+            Err(e) => error_json(&format!("gc failed: {e}")),
+        }
+    }
+
     fn answer(&self, stream: UnixStream) -> std::io::Result<()> {
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         stream.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -115,6 +130,7 @@ impl Server {
         let mut out = stream;
         let reply = match line.trim() {
             "status" => serde_json::to_string(&self.status()).map_err(std::io::Error::other)?,
+            l if l.starts_with("gc ") => self.gc(l),
             other => format!("{{\"error\":\"unknown request {:?}\"}}", other),
         };
         out.write_all(reply.as_bytes())?;
@@ -153,6 +169,28 @@ pub fn start(info: Info, vfs: Arc<Vfs>, counters: Arc<Counters>) -> Result<()> {
         })
         .context("cannot start the control thread")?;
     Ok(())
+}
+
+fn error_json(msg: &str) -> String {
+    serde_json::json!({ "error": msg }).to_string()
+}
+
+/// Ask the mount listening on `sock` to collect garbage (see `cryptbucket gc`).
+pub fn gc(sock: &Path, min_age_secs: u64, dry_run: bool) -> Result<GcReport> {
+    let mut s = UnixStream::connect(sock)
+        .with_context(|| format!("cannot reach the mount's control socket {}", sock.display()))?;
+    // Listing and deleting a large bucket takes a while.
+    s.set_read_timeout(Some(Duration::from_secs(3600)))?;
+    writeln!(s, "gc {min_age_secs} {}", u8::from(dry_run))?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .context("no answer on the control socket")?;
+    let v: serde_json::Value =
+        serde_json::from_str(reply.trim()).context("unreadable answer on the control socket")?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("the mount answered: {e}");
+    }
+    serde_json::from_value(v).context("unreadable gc report from the mount")
 }
 
 /// Ask the mount listening on `sock` for its status.

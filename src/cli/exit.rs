@@ -3,6 +3,10 @@
 
 pub const FAILURE: i32 = 1;
 pub const USAGE: i32 = 2;
+/// `fsck`: errors were found and (some) are left.
+pub const PROBLEMS: i32 = 3;
+/// `fsck --repair`: errors were found and all were repaired.
+pub const REPAIRED: i32 = 4;
 
 /// An error in how the command was called or configured: exit code 2.
 #[derive(Debug, thiserror::Error)]

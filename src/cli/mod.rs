@@ -5,6 +5,8 @@ pub mod control;
 pub mod desktop;
 pub mod exit;
 pub mod extras;
+pub mod fsck;
+pub mod gc;
 pub mod gen;
 pub mod helper;
 pub mod idle;
@@ -32,8 +34,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
+use cryptbucket::backend::fault::{FaultConfig, FaultStore};
 use cryptbucket::backend::local::LocalStore;
-use cryptbucket::backend::retry::RetryStore;
+use cryptbucket::backend::retry::{RetryPolicy, RetryStore};
 use cryptbucket::backend::s3::{S3Config, S3Store};
 use cryptbucket::backend::sse::SseMode;
 use cryptbucket::backend::ObjectStore;
@@ -80,6 +83,10 @@ pub enum Command {
     Key(key::KeyCmd),
     /// Change a passphrase (rewrites its key slot only; data is not re-encrypted).
     Passwd(passwd::PasswdArgs),
+    /// Check a volume from the bucket alone (header, metadata, chunks); --repair fixes.
+    Fsck(fsck::FsckArgs),
+    /// Delete chunk objects nothing references (older than a safety delay).
+    Gc(gc::GcArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -94,6 +101,29 @@ pub struct StoreArgs {
     pub region: Option<String>,
     #[command(flatten)]
     pub s3: s3opts::S3Args,
+    /// How long a store request keeps being retried while the store fails or is
+    /// unreachable before the operation gives up (a mount then answers EIO, keeping what
+    /// it buffered locally).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub io_timeout: u64,
+}
+
+/// Wrap a store in retries within `--io-timeout`, and (tests only) in injected faults when
+/// CRYPTBUCKET_TEST_FAULTS is set (see docs/CONFIGURATION.md).
+fn with_retries<S: ObjectStore + 'static>(s: S, args: &StoreArgs) -> Result<Arc<dyn ObjectStore>> {
+    let policy = RetryPolicy::with_io_timeout(Duration::from_secs(args.io_timeout));
+    match std::env::var("CRYPTBUCKET_TEST_FAULTS") {
+        Ok(spec) if !spec.is_empty() => {
+            let cfg = FaultConfig::parse(&spec)
+                .map_err(|e| anyhow::anyhow!("CRYPTBUCKET_TEST_FAULTS: {e}"))?;
+            tracing::warn!("injecting store faults ({spec}): for tests only");
+            Ok(Arc::new(RetryStore::with_policy(
+                FaultStore::new(s, cfg),
+                policy,
+            )))
+        }
+        _ => Ok(Arc::new(RetryStore::with_policy(s, policy))),
+    }
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -162,9 +192,10 @@ pub fn open_store(
             } else {
                 LocalStore::open(&dir)
             };
-            Arc::new(RetryStore::new(s.with_context(|| {
-                format!("cannot use local store {}", dir.display())
-            })?))
+            with_retries(
+                s.with_context(|| format!("cannot use local store {}", dir.display()))?,
+                args,
+            )?
         }
         StoreLocation::S3 { bucket, prefix } => {
             let mut cfg = S3Config::new(bucket.clone(), args.endpoint.clone()).with_prefix(prefix);
@@ -194,7 +225,7 @@ pub fn open_store(
                     s.set_sse(cli_mode, cli_key)?;
                 }
             }
-            Arc::new(RetryStore::new(s))
+            with_retries(s, args)?
         }
     };
     Ok(store)

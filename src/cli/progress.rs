@@ -95,6 +95,7 @@ impl Progress {
         }
     }
 
+    #[allow(dead_code)] // for unmount and rekey progress
     pub fn set_position(&self, pos: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(pos);
@@ -106,6 +107,7 @@ impl Progress {
         }
     }
 
+    #[allow(dead_code)] // for unmount and rekey progress
     pub fn set_length(&self, len: u64) {
         if let Some(bar) = &self.bar {
             bar.set_length(len);

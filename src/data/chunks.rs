@@ -153,6 +153,11 @@ impl ChunkStore {
         Ok(refs)
     }
 
+    /// Every chunk object in the store, with size and age (for gc).
+    pub fn list_objects(&self) -> Result<Vec<crate::backend::ObjectMeta>> {
+        Ok(self.rt.block_on(self.store.list(crate::gc::CHUNK_PREFIX))?)
+    }
+
     /// Delete chunk objects (already unreferenced by the committed metadata).
     pub fn delete_many(&self, ids: &[[u8; 16]]) -> Result<()> {
         for id in ids {

@@ -180,8 +180,15 @@ impl Lease {
     }
 
     /// Extend the lease. Losing it (someone else took it) is final for this mount.
+    ///
+    /// A lease that ran out while the store was unreachable is renewed too: the conditional
+    /// put below fails if anyone took it over meanwhile (`--break-lease`), and otherwise
+    /// nobody wrote since, so carrying on is safe. (Refusing here would stop a mount from
+    /// ever committing again after an outage longer than the lease lifetime.)
     pub fn renew(&self) -> Result<()> {
-        self.check()?;
+        if self.lost.load(Ordering::SeqCst) {
+            return self.check();
+        }
         self.info.lock().expires = now() + self.ttl.as_secs();
         let mode = match self.etag.lock().clone() {
             Some(e) if self.store.supports_conditional() => PutMode::IfMatch(e),

@@ -3,6 +3,7 @@
 
 mod error;
 mod files;
+mod gc;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

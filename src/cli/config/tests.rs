@@ -115,6 +115,7 @@ fn cli_args() -> (StoreArgs, KeyArgs) {
             endpoint: None,
             region: None,
             s3: Default::default(),
+            io_timeout: 60,
         },
         KeyArgs {
             passphrase_file: None,
@@ -218,6 +219,7 @@ fn idle_timeout_and_notify_reach_mount() {
         endpoint: None,
         region: None,
         s3: Default::default(),
+        io_timeout: 60,
     };
     let mut key = KeyArgs {
         passphrase_file: None,

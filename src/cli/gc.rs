@@ -1,0 +1,111 @@
+//! `cryptbucket gc STORE|MOUNTPOINT`: delete chunk objects nothing references, older than a
+//! safety delay. On a live mount (MOUNTPOINT, or STORE while it is mounted here) the mount
+//! does it over its control socket; otherwise gc takes the writer lease itself.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tokio::task::JoinSet;
+
+use cryptbucket::gc::{plan, GcReport, CHUNK_PREFIX, DEFAULT_MIN_AGE};
+use cryptbucket::meta::lease::{Lease, DEFAULT_LEASE_TTL};
+use cryptbucket::meta::remote::RemoteMeta;
+
+use super::{control, key_source, open_store, KeyArgs, StoreArgs};
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Safety delay: only chunks written longer ago than this many seconds are deleted,
+    /// so an upload a writer has not recorded yet is never collected.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_MIN_AGE.as_secs())]
+    pub min_age: u64,
+    /// Only report what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// (Unmounted volume) take over a writer lease that expired (its mount is gone).
+    #[arg(long)]
+    pub break_lease: bool,
+}
+
+fn print(r: &GcReport, dry: bool, min_age: u64) {
+    println!(
+        "{} {} unreferenced chunk objects ({} bytes); {} unreferenced but younger than {min_age} s kept; {} referenced",
+        if dry { "would free" } else { "freed" },
+        r.objects,
+        r.bytes,
+        r.kept_young,
+        r.referenced
+    );
+}
+
+pub fn run(args: GcArgs) -> Result<()> {
+    let min_age = Duration::from_secs(args.min_age);
+    // A live mount of this user at that path: let the daemon do it.
+    if let Ok(mnt) = std::fs::canonicalize(&args.store.store) {
+        let sock = control::socket_path(&mnt);
+        if sock.exists() {
+            let r = control::gc(&sock, args.min_age, args.dry_run)?;
+            print(&r, args.dry_run, args.min_age);
+            return Ok(());
+        }
+    }
+    let rt = cryptbucket::volume::runtime()?;
+    let store = open_store(&rt, &args.store, false)?;
+    let key = key_source(&args.key, false, false)?;
+    let keys = std::sync::Arc::new(cryptbucket::volume::unlock(&rt, &store, &key)?);
+    drop(key);
+    let holder = format!("gc-{}", cryptbucket::crypto::ChunkId::random().to_hex());
+    let lease = Lease::acquire(
+        store.clone(),
+        keys.clone(),
+        rt.handle().clone(),
+        &holder,
+        DEFAULT_LEASE_TTL,
+        args.break_lease,
+    )
+    .context("cannot take the writer lease (if the volume is mounted, run gc with its mountpoint on that machine)")?;
+    let res = (|| -> Result<GcReport> {
+        let listing = rt.block_on(store.list(CHUNK_PREFIX))?;
+        let now = SystemTime::now();
+        let remote = RemoteMeta::new(store.clone(), keys.clone(), rt.handle().clone());
+        let (_head, snap) = cryptbucket::fsck::load_committed(&remote)?;
+        let referenced: HashSet<[u8; 16]> = snap.chunks.iter().map(|(_, c)| c.id).collect();
+        let (doomed, report) = plan(&listing, &referenced, min_age, now);
+        if !args.dry_run {
+            let progress = super::progress::Progress::new(
+                "deleting",
+                doomed.len() as u64,
+                super::progress::Unit::Items,
+            );
+            for batch in doomed.chunks(32) {
+                // Keep the lease fresh through a long collection.
+                lease.check()?;
+                rt.block_on(async {
+                    let mut set = JoinSet::new();
+                    for o in batch {
+                        let store = store.clone();
+                        let key = o.key.clone();
+                        set.spawn(async move { store.delete(&key).await });
+                    }
+                    while let Some(r) = set.join_next().await {
+                        r.map_err(|e| anyhow::anyhow!("delete task: {e}"))??;
+                    }
+                    anyhow::Ok(())
+                })?;
+                progress.inc(batch.len() as u64);
+            }
+            progress.finish("");
+        }
+        Ok(report)
+    })();
+    lease.release();
+    let report = res?;
+    print(&report, args.dry_run, args.min_age);
+    Ok(())
+}
