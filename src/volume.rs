@@ -58,6 +58,8 @@ pub struct OpenOptions {
     /// Take over a writer lease that expired (its holder is gone).
     pub break_lease: bool,
     pub lease_ttl: std::time::Duration,
+    /// Cap on write-back staging bytes on the cache disk (back-pressure beyond it).
+    pub staging_limit: u64,
 }
 
 impl Default for OpenOptions {
@@ -66,6 +68,7 @@ impl Default for OpenOptions {
             cache_dir: None,
             break_lease: false,
             lease_ttl: DEFAULT_LEASE_TTL,
+            staging_limit: crate::data::staging::DEFAULT_STAGING_LIMIT,
         }
     }
 }
@@ -332,6 +335,10 @@ pub fn open_with(
             true
         }
     };
+    let staging = Arc::new(
+        crate::data::Staging::open(&cache_dir.join("staging"), keys.clone(), opts.staging_limit)
+            .map_err(|e| VolumeError::Vfs(e.into()))?,
+    );
     let data = Arc::new(ChunkStore::new(
         store,
         keys,
@@ -339,7 +346,9 @@ pub fn open_with(
         BLOCK_CACHE_BYTES,
     ));
     // Freshly loaded metadata equals the store's head: nothing to commit until it changes.
-    let vfs = Arc::new(Vfs::new(meta, data, remote, false, loaded)?);
+    let vfs = Arc::new(Vfs::new(meta, data, remote, staging, false, loaded)?);
+    // Writes staged before a crash of the previous daemon reach the store now.
+    vfs.recover_staged()?;
     Ok(Volume {
         vfs,
         lease,

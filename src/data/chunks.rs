@@ -12,11 +12,22 @@ use crate::backend::{BackendError, ObjectStore, PutMode};
 use crate::crypto::{chunk_block_range, ChunkId, CryptoError, VolumeKeys};
 use crate::meta::ChunkRef;
 
+/// Uploads running at once (the write-back worker pool).
+pub const UPLOAD_WORKERS: usize = 8;
+
+/// Produces a chunk's plaintext on an upload worker (from memory, or replayed from staging).
+pub type Produce = Box<dyn FnOnce() -> Result<Vec<u8>> + Send>;
+/// Receives the outcome of an upload, on a blocking thread.
+pub type Done = Box<dyn FnOnce(Result<ChunkRef>) + Send>;
+
 pub struct ChunkStore {
     store: Arc<dyn ObjectStore>,
     keys: Arc<VolumeKeys>,
     rt: Handle,
     cache: BlockCache,
+    workers: Arc<tokio::sync::Semaphore>,
+    /// Uploads submitted and not yet finished (queued or running).
+    pending: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ChunkStore {
@@ -31,6 +42,80 @@ impl ChunkStore {
             keys,
             rt,
             cache: BlockCache::new(cache_bytes),
+            workers: Arc::new(tokio::sync::Semaphore::new(UPLOAD_WORKERS)),
+            pending: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+
+    /// Uploads submitted and not yet finished.
+    pub fn uploads_pending(&self) -> u64 {
+        self.pending.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Seal chunk `idx` under a fresh id: its reference, object key and stored bytes.
+    fn seal(keys: &VolumeKeys, idx: u64, data: &[u8]) -> Result<(ChunkRef, String, Bytes)> {
+        let id = ChunkId::random();
+        let sealed = keys.seal_chunk(&id, data)?;
+        let r = ChunkRef {
+            idx,
+            id: id.0,
+            plain_len: sealed.plain_len,
+            stored_len: sealed.bytes.len() as u64,
+            digest: sealed.digest,
+        };
+        Ok((r, id.object_key(), Bytes::from(sealed.bytes)))
+    }
+
+    /// Upload chunk `idx` in the background on the bounded worker pool: `produce` yields
+    /// its plaintext on a worker, `done` gets the reference once the object is stored.
+    pub fn upload_async(&self, idx: u64, produce: Produce, done: Done) {
+        let store = self.store.clone();
+        let keys = self.keys.clone();
+        let workers = self.workers.clone();
+        let pending = self.pending.clone();
+        pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.rt.spawn(async move {
+            let res = async {
+                let _permit = workers
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| DataError::Local(e.to_string()))?;
+                let sealed = tokio::task::spawn_blocking(move || {
+                    let plain = produce()?;
+                    Self::seal(&keys, idx, &plain)
+                })
+                .await
+                .map_err(|e| DataError::Local(e.to_string()))??;
+                let (r, key, body) = sealed;
+                // A fresh random id is never overwritten, so a plain put is safe to retry.
+                store.put(&key, body, PutMode::Overwrite).await?;
+                Ok(r)
+            }
+            .await;
+            let _ = tokio::task::spawn_blocking(move || done(res)).await;
+            pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+
+    /// Delete one chunk object that nothing references (an upload made stale) in the
+    /// background.
+    pub fn discard(&self, id: [u8; 16]) {
+        let store = self.store.clone();
+        let pending = self.pending.clone();
+        pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.rt.spawn(async move {
+            let key = ChunkId(id).object_key();
+            if let Err(e) = store.delete(&key).await {
+                tracing::warn!("could not delete unused chunk {key}: {e}");
+            }
+            pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+
+    /// Wait until every background upload and delete has finished.
+    pub fn wait_idle(&self) {
+        while self.uploads_pending() > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 
@@ -121,16 +206,9 @@ impl ChunkStore {
         let mut refs = Vec::with_capacity(items.len());
         let mut uploads = Vec::with_capacity(items.len());
         for (idx, data) in items {
-            let id = ChunkId::random();
-            let sealed = self.keys.seal_chunk(&id, &data)?;
-            refs.push(ChunkRef {
-                idx,
-                id: id.0,
-                plain_len: sealed.plain_len,
-                stored_len: sealed.bytes.len() as u64,
-                digest: sealed.digest,
-            });
-            uploads.push((id.object_key(), Bytes::from(sealed.bytes)));
+            let (r, key, body) = Self::seal(&self.keys, idx, &data)?;
+            refs.push(r);
+            uploads.push((key, body));
         }
         let store = self.store.clone();
         self.rt.block_on(async move {

@@ -29,6 +29,9 @@ pub enum VfsError {
     NotSupported,
     #[error("file too large")]
     TooBig,
+    /// The cache disk is full and no upload can free staging space.
+    #[error("no space left on the cache disk for write-back staging")]
+    NoSpace,
     #[error("metadata: {0}")]
     Meta(MetaError),
     #[error("data: {0}")]
@@ -66,6 +69,7 @@ impl VfsError {
             VfsError::Range => libc::ERANGE,
             VfsError::NotSupported => libc::EOPNOTSUPP,
             VfsError::TooBig => libc::EFBIG,
+            VfsError::NoSpace => libc::ENOSPC,
             VfsError::Meta(_) | VfsError::Data(_) | VfsError::Io(_) => libc::EIO,
         }
     }
