@@ -44,8 +44,29 @@ pub struct MountArgs {
     /// Take over the writer lease of a mount that is gone (its lease expired).
     #[arg(long)]
     pub break_lease: bool,
+    /// Most bytes of written data staged on the cache disk while uploads catch up (suffix
+    /// K, M, G; default 1G). Writers wait beyond it, and whenever the cache disk would keep
+    /// less than 256 MiB free.
+    #[arg(long, value_parser = parse_size)]
+    pub staging_size: Option<u64>,
     #[arg(long, hide = true)]
     pub daemon_child: bool,
+}
+
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size (examples: 512M, 2G)"))
 }
 
 fn check_mountpoint(p: &Path) -> Result<PathBuf> {
@@ -173,6 +194,9 @@ fn serve(args: &MountArgs, mountpoint: &Path, key: KeySource, child: bool) -> Re
     let open_opts = cryptbucket::volume::OpenOptions {
         cache_dir: args.cache_dir.clone(),
         break_lease: args.break_lease,
+        staging_limit: args
+            .staging_size
+            .unwrap_or(cryptbucket::data::staging::DEFAULT_STAGING_LIMIT),
         ..Default::default()
     };
     let vol = cryptbucket::volume::open_with(rt, Arc::new(counting), &key, &open_opts)?;
@@ -240,6 +264,8 @@ fn serve(args: &MountArgs, mountpoint: &Path, key: KeySource, child: bool) -> Re
                 Err(e) => tracing::warn!("cannot run fusermount3: {e}; still serving"),
             }
         }
+        // Seal idle write-back chunks and retry failed uploads.
+        vol.vfs.tick();
         if last_renew.elapsed() > LEASE_RENEW_INTERVAL {
             if let Err(e) = vol.lease.renew() {
                 tracing::warn!("could not renew the writer lease: {e}");

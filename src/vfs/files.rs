@@ -416,6 +416,9 @@ impl WriteBack {
         ino: Ino,
         st: &mut MutexGuard<'_, FileState>,
     ) -> Result<()> {
+        // Each failed upload is tried once more here; failing again is the caller's error
+        // (the data stays staged and `tick` keeps retrying).
+        let mut retried = std::collections::BTreeSet::new();
         loop {
             if st.flying.is_empty() {
                 return Ok(());
@@ -426,10 +429,13 @@ impl WriteBack {
                 .filter(|(_, f)| f.failed.is_some())
                 .map(|(i, _)| *i)
                 .collect();
-            if !failed.is_empty() {
-                self.retry(of, ino, st, &failed);
+            if failed.iter().any(|i| retried.contains(i)) {
                 let e = st.error.take().unwrap_or_else(|| "upload failed".into());
                 return Err(VfsError::Io(format!("upload to the store failed: {e}")));
+            }
+            if !failed.is_empty() {
+                self.retry(of, ino, st, &failed);
+                retried.extend(failed);
             }
             of.cv.wait(st);
         }
