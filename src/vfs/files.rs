@@ -283,7 +283,7 @@ impl WriteBack {
         res: crate::data::Result<ChunkRef>,
     ) {
         let mut st = of.st.lock();
-        if !st.flying.get(&idx).is_some_and(|f| f.token == token) {
+        if st.flying.get(&idx).is_none_or(|f| f.token != token) {
             // The file was deleted or the upload superseded: nothing references it.
             if let Ok(r) = res {
                 self.data.discard(r.id);
