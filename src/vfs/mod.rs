@@ -392,10 +392,8 @@ impl Vfs {
         }
         if changed {
             i.ctime = now;
-            // Size is owned by the open-file state while the file is open.
-            if let Some(of) = self.wb.open.lock().get(&ino).cloned() {
-                i.size = of.size();
-            }
+            // The recorded size stays as write-back left it: it never covers chunks whose
+            // upload is still pending (the open-file state shows the full size meanwhile).
             self.meta.put_inode(&i)?;
         }
         self.getattr(ino)
