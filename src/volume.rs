@@ -60,6 +60,8 @@ pub struct OpenOptions {
     pub lease_ttl: std::time::Duration,
     /// Cap on write-back staging bytes on the cache disk (back-pressure beyond it).
     pub staging_limit: u64,
+    /// Bound of the disk cache of sealed chunks.
+    pub cache_size: u64,
 }
 
 impl Default for OpenOptions {
@@ -69,6 +71,7 @@ impl Default for OpenOptions {
             break_lease: false,
             lease_ttl: DEFAULT_LEASE_TTL,
             staging_limit: crate::data::staging::DEFAULT_STAGING_LIMIT,
+            cache_size: crate::data::diskcache::DEFAULT_CACHE_SIZE,
         }
     }
 }
@@ -339,12 +342,12 @@ pub fn open_with(
         crate::data::Staging::open(&cache_dir.join("staging"), keys.clone(), opts.staging_limit)
             .map_err(|e| VolumeError::Vfs(e.into()))?,
     );
-    let data = Arc::new(ChunkStore::new(
-        store,
-        keys,
-        rt.handle().clone(),
-        BLOCK_CACHE_BYTES,
-    ));
+    let disk = crate::data::DiskCache::open(&cache_dir.join("chunks"), opts.cache_size)
+        .map_err(|e| VolumeError::Local(cache_dir.join("chunks"), e))?;
+    let data = Arc::new(
+        ChunkStore::new(store, keys, rt.handle().clone(), BLOCK_CACHE_BYTES)
+            .with_disk_cache(Arc::new(disk)),
+    );
     // Freshly loaded metadata equals the store's head: nothing to commit until it changes.
     let vfs = Arc::new(Vfs::new(meta, data, remote, staging, false, loaded)?);
     // Writes staged before a crash of the previous daemon reach the store now.

@@ -49,6 +49,10 @@ pub struct MountArgs {
     /// less than 256 MiB free.
     #[arg(long, value_parser = parse_size)]
     pub staging_size: Option<u64>,
+    /// Bound of the disk cache of sealed chunks in the cache dir (suffix K, M, G; default
+    /// 2G; least recently used chunks are evicted).
+    #[arg(long, value_parser = parse_size)]
+    pub cache_size: Option<u64>,
     #[arg(long, hide = true)]
     pub daemon_child: bool,
 }
@@ -197,6 +201,9 @@ fn serve(args: &MountArgs, mountpoint: &Path, key: KeySource, child: bool) -> Re
         staging_limit: args
             .staging_size
             .unwrap_or(cryptbucket::data::staging::DEFAULT_STAGING_LIMIT),
+        cache_size: args
+            .cache_size
+            .unwrap_or(cryptbucket::data::diskcache::DEFAULT_CACHE_SIZE),
         ..Default::default()
     };
     let vol = cryptbucket::volume::open_with(rt, Arc::new(counting), &key, &open_opts)?;

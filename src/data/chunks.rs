@@ -7,6 +7,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 
 use super::cache::BlockCache;
+use super::diskcache::DiskCache;
 use super::{DataError, Result};
 use crate::backend::{BackendError, ObjectStore, PutMode};
 use crate::crypto::{chunk_block_range, ChunkId, CryptoError, VolumeKeys};
@@ -28,7 +29,13 @@ pub struct ChunkStore {
     workers: Arc<tokio::sync::Semaphore>,
     /// Uploads submitted and not yet finished (queued or running).
     pending: Arc<std::sync::atomic::AtomicU64>,
+    disk: Option<Arc<DiskCache>>,
+    /// Read-ahead downloads running at once.
+    prefetchers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Read-ahead downloads running at once.
+const PREFETCHERS: usize = 8;
 
 impl ChunkStore {
     pub fn new(
@@ -44,6 +51,45 @@ impl ChunkStore {
             cache: BlockCache::new(cache_bytes),
             workers: Arc::new(tokio::sync::Semaphore::new(UPLOAD_WORKERS)),
             pending: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            disk: None,
+            prefetchers: Arc::new(tokio::sync::Semaphore::new(PREFETCHERS)),
+        }
+    }
+
+    /// Keep whole sealed chunks in `disk` (reads then fetch whole chunks, and read-ahead
+    /// becomes possible).
+    pub fn with_disk_cache(mut self, disk: Arc<DiskCache>) -> Self {
+        self.disk = Some(disk);
+        self
+    }
+
+    /// Start downloading these chunks into the disk cache in the background (read-ahead).
+    pub fn prefetch(&self, refs: Vec<ChunkRef>) {
+        let Some(dc) = self.disk.clone() else {
+            return;
+        };
+        for c in refs {
+            if !dc.start_loading(&c.id) {
+                continue;
+            }
+            let (store, dc, sem) = (self.store.clone(), dc.clone(), self.prefetchers.clone());
+            self.rt.spawn(async move {
+                if let Ok(_permit) = sem.acquire_owned().await {
+                    let key = ChunkId(c.id).object_key();
+                    match store.get(&key, None).await {
+                        Ok(b) if b.len() as u64 >= c.stored_len => {
+                            let dc2 = dc.clone();
+                            let _ = tokio::task::spawn_blocking(move || {
+                                dc2.insert(&c.id, &b[..c.stored_len as usize])
+                            })
+                            .await;
+                        }
+                        // The foreground read reports what is wrong with it.
+                        _ => {}
+                    }
+                }
+                dc.done_loading(&c.id);
+            });
         }
     }
 
@@ -167,15 +213,44 @@ impl ChunkStore {
     }
 
     fn fetch_blocks(&self, c: &ChunkRef, first: u32, n: u32) -> Result<Vec<Vec<u8>>> {
-        let id = ChunkId(c.id);
-        let key = id.object_key();
         let range = chunk_block_range(self.keys.params(), c.plain_len, first, n);
-        let want = range.end - range.start;
+        let Some(dc) = &self.disk else {
+            let got = self.get_checked(c, Some(range.clone()), range.end - range.start)?;
+            return self.open_blocks(c, first, n, &got);
+        };
+        dc.wait_loaded(&c.id);
+        if let Some(got) = dc.read(&c.id, range.clone()) {
+            match self.open_blocks(c, first, n, &got) {
+                Ok(p) => return Ok(p),
+                Err(e) => {
+                    tracing::warn!("disk cache entry damaged ({e}); fetching it again");
+                    dc.remove(&c.id);
+                }
+            }
+        }
+        let whole = self.get_checked(c, None, c.stored_len.max(range.end))?;
+        dc.insert(&c.id, &whole[..c.stored_len.max(range.end) as usize]);
+        self.open_blocks(
+            c,
+            first,
+            n,
+            &whole[range.start as usize..range.end as usize],
+        )
+    }
+
+    /// GET (part of) a chunk object, mapping absence and truncation to `Corrupt`.
+    fn get_checked(
+        &self,
+        c: &ChunkRef,
+        range: Option<std::ops::Range<u64>>,
+        want: u64,
+    ) -> Result<Bytes> {
+        let key = ChunkId(c.id).object_key();
         let corrupt = |reason: String| DataError::Corrupt {
             key: key.clone(),
             reason,
         };
-        let got = match self.rt.block_on(self.store.get(&key, Some(range))) {
+        let got = match self.rt.block_on(self.store.get(&key, range)) {
             Ok(b) => b,
             Err(BackendError::NotFound(_)) => return Err(corrupt("object is missing".into())),
             Err(BackendError::InvalidRange { .. }) => {
@@ -190,12 +265,21 @@ impl ChunkStore {
                 want
             )));
         }
+        Ok(got.slice(..want as usize))
+    }
+
+    /// Open the stored bytes of blocks `[first, first + n)` (exactly their range).
+    fn open_blocks(&self, c: &ChunkRef, first: u32, n: u32, got: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let id = ChunkId(c.id);
         let plain = self
             .keys
-            .open_chunk_range(&id, c.plain_len, &c.digest, first, n, &got[..want as usize])
-            .map_err(|e| match e {
-                CryptoError::Tampered(r) => corrupt(format!("authentication failed ({r})")),
-                other => corrupt(other.to_string()),
+            .open_chunk_range(&id, c.plain_len, &c.digest, first, n, got)
+            .map_err(|e| DataError::Corrupt {
+                key: id.object_key(),
+                reason: match e {
+                    CryptoError::Tampered(r) => format!("authentication failed ({r})"),
+                    other => other.to_string(),
+                },
             })?;
         let bs = self.block_size() as usize;
         Ok(plain.chunks(bs).map(|b| b.to_vec()).collect())
@@ -235,6 +319,9 @@ impl ChunkStore {
     pub fn delete_many(&self, ids: &[[u8; 16]]) -> Result<()> {
         for id in ids {
             self.cache.forget_chunk(id);
+            if let Some(dc) = &self.disk {
+                dc.remove(id);
+            }
         }
         let keys: Vec<String> = ids.iter().map(|id| ChunkId(*id).object_key()).collect();
         let store = self.store.clone();

@@ -3,9 +3,11 @@
 
 pub mod cache;
 pub mod chunks;
+pub mod diskcache;
 pub mod staging;
 
 pub use chunks::{ChunkStore, UPLOAD_WORKERS};
+pub use diskcache::DiskCache;
 pub use staging::Staging;
 
 use crate::backend::BackendError;

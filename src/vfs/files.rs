@@ -28,6 +28,8 @@ const OPEN_MEM_LIMIT: u64 = 64 << 20;
 const FLY_MEM_LIMIT: u64 = 32 << 20;
 /// A failed upload is tried again after this long (by `tick`), or at once by fsync.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Largest read-ahead window, in chunks.
+const READ_AHEAD_MAX: u64 = 16;
 /// `update_file` keeps every chunk below this index (no truncation).
 const KEEP_ALL: u64 = i64::MAX as u64;
 
@@ -61,6 +63,9 @@ struct FileState {
     inline: Option<Vec<u8>>,
     /// The last upload error, reported by the next fsync.
     error: Option<String>,
+    /// Where a sequential reader would read next, and its read-ahead window in chunks.
+    next_off: u64,
+    ra: u64,
 }
 
 struct OpenChunk {
@@ -552,6 +557,8 @@ impl Vfs {
                 refs,
                 inline,
                 error: None,
+                next_off: 0,
+                ra: 0,
             }))
         });
         if pin {
@@ -583,8 +590,9 @@ impl Vfs {
         let (ino, of) = self.handle(fh)?;
         let cs = self.chunk_size();
         let pieces = {
-            let st = of.st.lock();
+            let mut st = of.st.lock();
             let end = (off + len as u64).min(st.size);
+            self.read_ahead(&mut st, off, end);
             let mut pieces = Vec::new();
             let mut pos = off;
             while pos < end {
@@ -626,6 +634,30 @@ impl Vfs {
             }
         }
         Ok(out)
+    }
+
+    /// Read-ahead: a reader continuing where it stopped doubles its window (up to
+    /// READ_AHEAD_MAX chunks, fetched into the disk cache in the background); any other
+    /// read closes it.
+    fn read_ahead(&self, st: &mut FileState, off: u64, end: u64) {
+        let cs = self.chunk_size();
+        if off == st.next_off && end > off {
+            st.ra = (st.ra * 2).clamp(1, READ_AHEAD_MAX);
+        } else {
+            st.ra = 0;
+        }
+        st.next_off = end;
+        if st.ra == 0 || end == 0 {
+            return;
+        }
+        let from = (end - 1) / cs;
+        let refs: Vec<ChunkRef> = st
+            .refs
+            .range(from..=from + st.ra)
+            .filter(|(i, _)| !st.open.contains_key(i) && !st.flying.contains_key(i))
+            .map(|(_, c)| c.clone())
+            .collect();
+        self.data.prefetch(refs);
     }
 
     /// Back-pressure: wait while staging is full and uploads can drain it. Only a cache
