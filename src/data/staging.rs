@@ -244,6 +244,30 @@ impl Staging {
         self.append(f, &p)
     }
 
+    /// [`Staging::cut`] on a staging file no longer held open (a chunk being uploaded): with
+    /// `len` its current length, this only records the new file size.
+    pub fn cut_closed(
+        &self,
+        name: &str,
+        ino: u64,
+        idx: u64,
+        len: u32,
+        size: u64,
+        mtime: i64,
+    ) -> Result<()> {
+        let path = self.path(name);
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        let mut f = StagedFile {
+            name: name.to_string(),
+            file,
+            len: 0,
+        };
+        self.cut(&mut f, ino, idx, len, size, mtime)
+    }
+
     /// Read back a staging file written for (`ino`, `idx`). Records of another chunk or
     /// that fail authentication end the replay (a torn tail after a crash).
     pub fn load(&self, name: &str, ino: u64, idx: u64) -> Result<Replay> {

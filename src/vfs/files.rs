@@ -446,6 +446,26 @@ impl WriteBack {
         }
     }
 
+    /// Wait until chunk `idx` is not being uploaded (retrying a failed upload meanwhile).
+    fn wait_chunk(
+        self: &Arc<Self>,
+        of: &Arc<OpenFile>,
+        ino: Ino,
+        st: &mut MutexGuard<'_, FileState>,
+        idx: u64,
+    ) {
+        while st.flying.contains_key(&idx) {
+            let failed = st.flying.get(&idx).is_some_and(|f| {
+                f.failed
+                    .is_some_and(|t| t.elapsed() > Duration::from_millis(500))
+            });
+            if failed {
+                self.retry(of, ino, st, &[idx]);
+            }
+            of.cv.wait_for(st, Duration::from_secs(1));
+        }
+    }
+
     fn retry(self: &Arc<Self>, of: &Arc<OpenFile>, ino: Ino, st: &mut FileState, idxs: &[u64]) {
         for idx in idxs {
             if let Some(f) = st.flying.get_mut(idx) {
@@ -701,16 +721,7 @@ impl Vfs {
             let in_off = (pos % cs) as usize;
             let n = rest.len().min(cs as usize - in_off);
             // A chunk is rewritten only after its previous version reached the store.
-            while st.flying.contains_key(&idx) {
-                let failed = st.flying.get(&idx).is_some_and(|f| {
-                    f.failed
-                        .is_some_and(|t| t.elapsed() > Duration::from_millis(500))
-                });
-                if failed {
-                    wb.retry(&of, ino, &mut st, &[idx]);
-                }
-                of.cv.wait_for(&mut st, Duration::from_secs(1));
-            }
+            wb.wait_chunk(&of, ino, &mut st, idx);
             wb.open_chunk(ino, &mut st, idx)?;
             let oc = st
                 .open
@@ -911,10 +922,23 @@ impl Vfs {
         let cs = self.chunk_size();
         let wb = &self.wb;
         let mut st = of.st.lock();
-        wb.wait_flying(of, ino, &mut st)?;
         let now = now_ns();
         if size < st.size {
             let keep = size.div_ceil(cs);
+            // Uploads wholly past the new end are abandoned (discarded when they finish);
+            // the chunk cut in its middle must be in the store before it is cut again.
+            let gone: Vec<u64> = st.flying.range(keep..).map(|(i, _)| *i).collect();
+            for i in gone {
+                if let Some(f) = st.flying.remove(&i) {
+                    if f.data.is_some() {
+                        wb.fly_mem.fetch_sub(f.plain_len, Ordering::Relaxed);
+                    }
+                    wb.drop_staging(&f.name);
+                }
+            }
+            if size % cs != 0 {
+                wb.wait_chunk(of, ino, &mut st, size / cs);
+            }
             let gone: Vec<u64> = st.open.range(keep..).map(|(i, _)| *i).collect();
             for i in gone {
                 if let Some(oc) = st.open.remove(&i) {
@@ -945,6 +969,10 @@ impl Vfs {
         for (idx, oc) in st.open.iter_mut() {
             wb.staging
                 .cut(&mut oc.file, ino, *idx, oc.buf.len() as u32, size, now)?;
+        }
+        for (idx, f) in st.flying.iter() {
+            wb.staging
+                .cut_closed(&f.name, ino, *idx, f.plain_len as u32, size, now)?;
         }
         wb.apply_meta(ino, &mut st, &[], size.div_ceil(cs))?;
         if st.opens == 1 {
