@@ -936,7 +936,7 @@ impl Vfs {
                     wb.drop_staging(&f.name);
                 }
             }
-            if size % cs != 0 {
+            if !size.is_multiple_of(cs) {
                 wb.wait_chunk(of, ino, &mut st, size / cs);
             }
             let gone: Vec<u64> = st.open.range(keep..).map(|(i, _)| *i).collect();
