@@ -23,9 +23,9 @@ const MAX_FILE_SIZE: u64 = 1 << 50;
 /// An open chunk not written for this long is sealed and uploaded.
 const IDLE_SEAL: Duration = Duration::from_secs(2);
 /// Memory for buffers of open chunks (all files); above it, the writer's chunks are sealed.
-const OPEN_MEM_LIMIT: u64 = 64 << 20;
+const OPEN_MEM_LIMIT: u64 = 32 << 20;
 /// Memory for plaintext of chunks being uploaded; beyond it, workers replay from staging.
-const FLY_MEM_LIMIT: u64 = 32 << 20;
+const FLY_MEM_LIMIT: u64 = 16 << 20;
 /// A failed upload is tried again after this long (by `tick`), or at once by fsync.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Largest read-ahead window, in chunks.
