@@ -66,6 +66,10 @@ pub struct OpenOptions {
     /// How long superseded snapshots, segments and unreferenced chunks stay in the store
     /// for readers of an older head.
     pub superseded_grace: std::time::Duration,
+    /// Cap on write-back staging bytes on the cache disk (back-pressure beyond it).
+    pub staging_limit: u64,
+    /// Bound of the disk cache of sealed chunks.
+    pub cache_size: u64,
 }
 
 impl Default for OpenOptions {
@@ -77,6 +81,8 @@ impl Default for OpenOptions {
             read_only: false,
             accept_store_state: false,
             superseded_grace: crate::meta::remote::SUPERSEDED_GRACE,
+            staging_limit: crate::data::staging::DEFAULT_STAGING_LIMIT,
+            cache_size: crate::data::diskcache::DEFAULT_CACHE_SIZE,
         }
     }
 }
@@ -343,14 +349,27 @@ pub fn open_with(
             return Err(e.into());
         }
     };
-    let data = Arc::new(ChunkStore::new(
-        store,
-        keys,
-        rt.handle().clone(),
-        BLOCK_CACHE_BYTES,
-    ));
+    let staging = Arc::new(
+        crate::data::Staging::open(&cache_dir.join("staging"), keys.clone(), opts.staging_limit)
+            .map_err(|e| VolumeError::Vfs(e.into()))?,
+    );
+    let disk = crate::data::DiskCache::open(&cache_dir.join("chunks"), opts.cache_size)
+        .map_err(|e| VolumeError::Local(cache_dir.join("chunks"), e))?;
+    let data = Arc::new(
+        ChunkStore::new(store, keys, rt.handle().clone(), BLOCK_CACHE_BYTES)
+            .with_disk_cache(Arc::new(disk)),
+    );
     // Freshly loaded metadata equals the store's head: nothing to commit until it changes.
-    let vfs = Arc::new(Vfs::new(meta, data, remote, opts.read_only, loaded)?);
+    let vfs = Arc::new(Vfs::new(
+        meta,
+        data,
+        remote,
+        staging,
+        opts.read_only,
+        loaded,
+    )?);
+    // Writes staged before a crash of the previous daemon reach the store now.
+    vfs.recover_staged()?;
     Ok(Volume {
         vfs,
         lease,

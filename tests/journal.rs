@@ -391,8 +391,16 @@ fn sync_on_close_commits_at_close() {
     let seq = fx.head().seq;
     write_file(&w.vfs, "closed", b"at close");
     assert!(fx.head().seq > seq, "close committed");
+    // Big enough for its own chunk object, whose upload runs in the background.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    write_file(&w.vfs, "big", &big);
     let r = fx.open(&dr, |o| o.read_only = true).unwrap();
     assert_eq!(read(&r.vfs, "closed").unwrap(), b"at close");
+    assert_eq!(
+        read(&r.vfs, "big").unwrap(),
+        big,
+        "close waited for the upload"
+    );
     // Without it, close leaves the commit to the timer.
     w.vfs.set_sync_on_close(false);
     let seq = fx.head().seq;

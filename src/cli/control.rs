@@ -44,8 +44,17 @@ pub struct Status {
     pub started: u64,
     pub uptime_secs: u64,
     pub open_files: usize,
-    /// Bytes written to open files and not yet uploaded.
+    /// Bytes written and not yet in the store (staged on the cache disk).
     pub dirty_bytes: u64,
+    /// Files with staged data not yet uploaded.
+    #[serde(default)]
+    pub files_waiting: usize,
+    /// Chunks queued for upload or being uploaded.
+    #[serde(default)]
+    pub uploads_queued: u64,
+    /// Bytes of staging files on the cache disk (sealed; includes record overhead).
+    #[serde(default)]
+    pub staged_bytes: u64,
     /// Metadata changes not yet committed to the store.
     pub uncommitted_changes: bool,
     /// Seconds since the epoch of the last commit that reached the store (None: not yet).
@@ -100,6 +109,9 @@ impl Server {
             uptime_secs: self.since.elapsed().as_secs(),
             open_files: s.open_files,
             dirty_bytes: s.dirty_bytes,
+            files_waiting: s.files_waiting,
+            uploads_queued: s.uploads_in_flight,
+            staged_bytes: s.staged_bytes,
             uncommitted_changes: s.uncommitted,
             last_commit: s.last_commit_ns.map(|ns| ns as f64 / 1e9),
             backend: self.counters.snapshot().into(),

@@ -66,8 +66,33 @@ pub struct MountArgs {
     /// close() returns only after the file's data and metadata are in the store (as fsync).
     #[arg(long)]
     pub sync_on_close: bool,
+    /// Most bytes of written data staged on the cache disk while uploads catch up (suffix
+    /// K, M, G; default 1G). Writers wait beyond it, and whenever the cache disk would keep
+    /// less than 256 MiB free.
+    #[arg(long, value_parser = parse_size)]
+    pub staging_size: Option<u64>,
+    /// Bound of the disk cache of sealed chunks in the cache dir (suffix K, M, G; default
+    /// 2G; least recently used chunks are evicted).
+    #[arg(long, value_parser = parse_size)]
+    pub cache_size: Option<u64>,
     #[arg(long, hide = true)]
     pub daemon_child: bool,
+}
+
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size (examples: 512M, 2G)"))
 }
 
 fn check_mountpoint(p: &Path) -> Result<PathBuf> {
@@ -207,6 +232,10 @@ fn serve(
         unsafe { libc::setsid() };
     }
     let mnt = check_mountpoint(mountpoint)?;
+    // glibc gives each busy thread its own malloc arena; with FUSE workers, tokio workers
+    // and upload tasks passing MiB-sized buffers around, that alone cost ~100 MiB of RSS.
+    // SAFETY: mallopt only tunes the allocator; called before the worker threads start.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let rt = cryptbucket::volume::runtime()?;
     let counting = super::metrics::CountingStore::new(super::testhooks::wrap(open_store(
         &rt,
@@ -219,6 +248,12 @@ fn serve(
         break_lease: args.break_lease,
         read_only: args.read_only,
         accept_store_state: args.accept_store_state,
+        staging_limit: args
+            .staging_size
+            .unwrap_or(cryptbucket::data::staging::DEFAULT_STAGING_LIMIT),
+        cache_size: args
+            .cache_size
+            .unwrap_or(cryptbucket::data::diskcache::DEFAULT_CACHE_SIZE),
         ..Default::default()
     };
     let vol = cryptbucket::volume::open_with(rt, Arc::new(counting), &key, &open_opts)?;
@@ -306,6 +341,8 @@ fn serve(
                 Err(e) => tracing::warn!("cannot run fusermount3: {e}; still serving"),
             }
         }
+        // Seal idle write-back chunks and retry failed uploads.
+        vol.vfs.tick();
         if args.follow && last_follow.elapsed() > FOLLOW_INTERVAL {
             match vol.vfs.follow() {
                 Ok(true) => tracing::debug!("picked up new metadata from the store"),

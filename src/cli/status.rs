@@ -105,7 +105,7 @@ pub fn human(st: &Status) -> String {
     let b = &st.backend;
     format!(
         "{}\n  store:    {} (volume {})\n  daemon:   pid {}, up {}, log {}\n  \
-         writes:   {} open files, {} waiting to upload, {} uploads in flight\n  \
+         writes:   {} open files, {} in {} files waiting to upload, {} chunks queued, {} uploads in flight\n  \
          metadata: {pending}; last commit {commit}\n  \
          backend:  {} requests, {} errors, {} up, {} down\n",
         st.mountpoint.display(),
@@ -119,6 +119,8 @@ pub fn human(st: &Status) -> String {
             .unwrap_or_else(|| "stderr".into()),
         st.open_files,
         bytes(st.dirty_bytes),
+        st.files_waiting,
+        st.uploads_queued,
         b.uploads_in_flight,
         b.requests,
         b.errors,

@@ -7,17 +7,35 @@ use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 
 use super::cache::BlockCache;
+use super::diskcache::DiskCache;
 use super::{DataError, Result};
 use crate::backend::{BackendError, ObjectStore, PutMode};
 use crate::crypto::{chunk_block_range, ChunkId, CryptoError, VolumeKeys};
 use crate::meta::ChunkRef;
+
+/// Uploads running at once (the write-back worker pool).
+pub const UPLOAD_WORKERS: usize = 8;
+
+/// Produces a chunk's plaintext on an upload worker (from memory, or replayed from staging).
+pub type Produce = Box<dyn FnOnce() -> Result<Vec<u8>> + Send>;
+/// Receives the outcome of an upload, on a blocking thread.
+pub type Done = Box<dyn FnOnce(Result<ChunkRef>) + Send>;
 
 pub struct ChunkStore {
     store: Arc<dyn ObjectStore>,
     keys: Arc<VolumeKeys>,
     rt: Handle,
     cache: BlockCache,
+    workers: Arc<tokio::sync::Semaphore>,
+    /// Uploads submitted and not yet finished (queued or running).
+    pending: Arc<std::sync::atomic::AtomicU64>,
+    disk: Option<Arc<DiskCache>>,
+    /// Read-ahead downloads running at once.
+    prefetchers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Read-ahead downloads running at once.
+const PREFETCHERS: usize = 8;
 
 impl ChunkStore {
     pub fn new(
@@ -31,6 +49,119 @@ impl ChunkStore {
             keys,
             rt,
             cache: BlockCache::new(cache_bytes),
+            workers: Arc::new(tokio::sync::Semaphore::new(UPLOAD_WORKERS)),
+            pending: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            disk: None,
+            prefetchers: Arc::new(tokio::sync::Semaphore::new(PREFETCHERS)),
+        }
+    }
+
+    /// Keep whole sealed chunks in `disk` (reads then fetch whole chunks, and read-ahead
+    /// becomes possible).
+    pub fn with_disk_cache(mut self, disk: Arc<DiskCache>) -> Self {
+        self.disk = Some(disk);
+        self
+    }
+
+    /// Start downloading these chunks into the disk cache in the background (read-ahead).
+    pub fn prefetch(&self, refs: Vec<ChunkRef>) {
+        let Some(dc) = self.disk.clone() else {
+            return;
+        };
+        for c in refs {
+            if !dc.start_loading(&c.id) {
+                continue;
+            }
+            let (store, dc, sem) = (self.store.clone(), dc.clone(), self.prefetchers.clone());
+            self.rt.spawn(async move {
+                if let Ok(_permit) = sem.acquire_owned().await {
+                    let key = ChunkId(c.id).object_key();
+                    match store.get(&key, None).await {
+                        Ok(b) if b.len() as u64 >= c.stored_len => {
+                            let dc2 = dc.clone();
+                            let _ = tokio::task::spawn_blocking(move || {
+                                dc2.insert(&c.id, &b[..c.stored_len as usize])
+                            })
+                            .await;
+                        }
+                        // The foreground read reports what is wrong with it.
+                        _ => {}
+                    }
+                }
+                dc.done_loading(&c.id);
+            });
+        }
+    }
+
+    /// Uploads submitted and not yet finished.
+    pub fn uploads_pending(&self) -> u64 {
+        self.pending.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Seal chunk `idx` under a fresh id: its reference, object key and stored bytes.
+    fn seal(keys: &VolumeKeys, idx: u64, data: &[u8]) -> Result<(ChunkRef, String, Bytes)> {
+        let id = ChunkId::random();
+        let sealed = keys.seal_chunk(&id, data)?;
+        let r = ChunkRef {
+            idx,
+            id: id.0,
+            plain_len: sealed.plain_len,
+            stored_len: sealed.bytes.len() as u64,
+            digest: sealed.digest,
+        };
+        Ok((r, id.object_key(), Bytes::from(sealed.bytes)))
+    }
+
+    /// Upload chunk `idx` in the background on the bounded worker pool: `produce` yields
+    /// its plaintext on a worker, `done` gets the reference once the object is stored.
+    pub fn upload_async(&self, idx: u64, produce: Produce, done: Done) {
+        let store = self.store.clone();
+        let keys = self.keys.clone();
+        let workers = self.workers.clone();
+        let pending = self.pending.clone();
+        pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.rt.spawn(async move {
+            let res = async {
+                let _permit = workers
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| DataError::Local(e.to_string()))?;
+                let sealed = tokio::task::spawn_blocking(move || {
+                    let plain = produce()?;
+                    Self::seal(&keys, idx, &plain)
+                })
+                .await
+                .map_err(|e| DataError::Local(e.to_string()))??;
+                let (r, key, body) = sealed;
+                // A fresh random id is never overwritten, so a plain put is safe to retry.
+                store.put(&key, body, PutMode::Overwrite).await?;
+                Ok(r)
+            }
+            .await;
+            let _ = tokio::task::spawn_blocking(move || done(res)).await;
+            pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+
+    /// Delete one chunk object that nothing references (an upload made stale) in the
+    /// background.
+    pub fn discard(&self, id: [u8; 16]) {
+        let store = self.store.clone();
+        let pending = self.pending.clone();
+        pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.rt.spawn(async move {
+            let key = ChunkId(id).object_key();
+            if let Err(e) = store.delete(&key).await {
+                tracing::warn!("could not delete unused chunk {key}: {e}");
+            }
+            pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+
+    /// Wait until every background upload and delete has finished.
+    pub fn wait_idle(&self) {
+        while self.uploads_pending() > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 
@@ -82,15 +213,44 @@ impl ChunkStore {
     }
 
     fn fetch_blocks(&self, c: &ChunkRef, first: u32, n: u32) -> Result<Vec<Vec<u8>>> {
-        let id = ChunkId(c.id);
-        let key = id.object_key();
         let range = chunk_block_range(self.keys.params(), c.plain_len, first, n);
-        let want = range.end - range.start;
+        let Some(dc) = &self.disk else {
+            let got = self.get_checked(c, Some(range.clone()), range.end - range.start)?;
+            return self.open_blocks(c, first, n, &got);
+        };
+        dc.wait_loaded(&c.id);
+        if let Some(got) = dc.read(&c.id, range.clone()) {
+            match self.open_blocks(c, first, n, &got) {
+                Ok(p) => return Ok(p),
+                Err(e) => {
+                    tracing::warn!("disk cache entry damaged ({e}); fetching it again");
+                    dc.remove(&c.id);
+                }
+            }
+        }
+        let whole = self.get_checked(c, None, c.stored_len.max(range.end))?;
+        dc.insert(&c.id, &whole[..c.stored_len.max(range.end) as usize]);
+        self.open_blocks(
+            c,
+            first,
+            n,
+            &whole[range.start as usize..range.end as usize],
+        )
+    }
+
+    /// GET (part of) a chunk object, mapping absence and truncation to `Corrupt`.
+    fn get_checked(
+        &self,
+        c: &ChunkRef,
+        range: Option<std::ops::Range<u64>>,
+        want: u64,
+    ) -> Result<Bytes> {
+        let key = ChunkId(c.id).object_key();
         let corrupt = |reason: String| DataError::Corrupt {
             key: key.clone(),
             reason,
         };
-        let got = match self.rt.block_on(self.store.get(&key, Some(range))) {
+        let got = match self.rt.block_on(self.store.get(&key, range)) {
             Ok(b) => b,
             Err(BackendError::NotFound(_)) => return Err(corrupt("object is missing".into())),
             Err(BackendError::InvalidRange { .. }) => {
@@ -105,12 +265,21 @@ impl ChunkStore {
                 want
             )));
         }
+        Ok(got.slice(..want as usize))
+    }
+
+    /// Open the stored bytes of blocks `[first, first + n)` (exactly their range).
+    fn open_blocks(&self, c: &ChunkRef, first: u32, n: u32, got: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let id = ChunkId(c.id);
         let plain = self
             .keys
-            .open_chunk_range(&id, c.plain_len, &c.digest, first, n, &got[..want as usize])
-            .map_err(|e| match e {
-                CryptoError::Tampered(r) => corrupt(format!("authentication failed ({r})")),
-                other => corrupt(other.to_string()),
+            .open_chunk_range(&id, c.plain_len, &c.digest, first, n, got)
+            .map_err(|e| DataError::Corrupt {
+                key: id.object_key(),
+                reason: match e {
+                    CryptoError::Tampered(r) => format!("authentication failed ({r})"),
+                    other => other.to_string(),
+                },
             })?;
         let bs = self.block_size() as usize;
         Ok(plain.chunks(bs).map(|b| b.to_vec()).collect())
@@ -121,16 +290,9 @@ impl ChunkStore {
         let mut refs = Vec::with_capacity(items.len());
         let mut uploads = Vec::with_capacity(items.len());
         for (idx, data) in items {
-            let id = ChunkId::random();
-            let sealed = self.keys.seal_chunk(&id, &data)?;
-            refs.push(ChunkRef {
-                idx,
-                id: id.0,
-                plain_len: sealed.plain_len,
-                stored_len: sealed.bytes.len() as u64,
-                digest: sealed.digest,
-            });
-            uploads.push((id.object_key(), Bytes::from(sealed.bytes)));
+            let (r, key, body) = Self::seal(&self.keys, idx, &data)?;
+            refs.push(r);
+            uploads.push((key, body));
         }
         let store = self.store.clone();
         self.rt.block_on(async move {
@@ -162,6 +324,9 @@ impl ChunkStore {
     pub fn delete_many(&self, ids: &[[u8; 16]]) -> Result<()> {
         for id in ids {
             self.cache.forget_chunk(id);
+            if let Some(dc) = &self.disk {
+                dc.remove(id);
+            }
         }
         let keys: Vec<String> = ids.iter().map(|id| ChunkId(*id).object_key()).collect();
         let store = self.store.clone();

@@ -1,10 +1,14 @@
-//! The data path: sealed chunk objects in the store and a bounded memory cache of
-//! opened blocks in front of them.
+//! The data path: sealed chunk objects in the store, a bounded memory cache of opened
+//! blocks in front of them, the write-back upload pool and the local staging area.
 
 pub mod cache;
 pub mod chunks;
+pub mod diskcache;
+pub mod staging;
 
-pub use chunks::ChunkStore;
+pub use chunks::{ChunkStore, UPLOAD_WORKERS};
+pub use diskcache::DiskCache;
+pub use staging::Staging;
 
 use crate::backend::BackendError;
 
@@ -16,6 +20,9 @@ pub enum DataError {
     Corrupt { key: String, reason: String },
     #[error("store: {0}")]
     Backend(#[from] BackendError),
+    /// The local staging or cache directory failed.
+    #[error("local disk: {0}")]
+    Local(String),
     #[error("crypto: {0}")]
     Crypto(#[from] crate::crypto::CryptoError),
 }

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS changes(
   id INTEGER PRIMARY KEY AUTOINCREMENT, tbl INTEGER NOT NULL, a INTEGER NOT NULL, b NOT NULL);
 CREATE INDEX IF NOT EXISTS changes_key ON changes(tbl, a, b);
 CREATE TABLE IF NOT EXISTS garbage(key TEXT PRIMARY KEY, due INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS staged(name TEXT PRIMARY KEY, ino INTEGER NOT NULL, idx INTEGER NOT NULL);
 ";
 
 /// SQLite-backed metadata. All access goes through one connection behind a mutex;
@@ -650,6 +651,43 @@ impl SqliteMeta {
                 params![inode.ino as i64, inline],
             )?;
             put_inode_tx(tx, inode)
+        })
+    }
+
+    /// Write-back staging: which local staging file holds pending writes to which chunk.
+    /// Bookkeeping only (not metadata the bucket sees), so it does not bump the generation.
+    pub fn add_staged(&self, name: &str, ino: Ino, idx: u64) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT OR REPLACE INTO staged(name, ino, idx) VALUES (?1, ?2, ?3)",
+            params![name, ino as i64, idx as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_staged(&self, name: &str) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute("DELETE FROM staged WHERE name=?1", params![name])?;
+        Ok(())
+    }
+
+    /// Every staging file recorded, as (name, ino, chunk index), oldest first.
+    pub fn list_staged(&self) -> Result<Vec<(String, Ino, u64)>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT name, ino, idx FROM staged ORDER BY rowid")?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for r in rows {
+                let (n, i, x) = r?;
+                out.push((n, i as u64, x as u64));
+            }
+            Ok(out)
         })
     }
 

@@ -29,6 +29,9 @@ pub enum VfsError {
     NotSupported,
     #[error("file too large")]
     TooBig,
+    /// The cache disk is full and no upload can free staging space.
+    #[error("no space left on the cache disk for write-back staging")]
+    NoSpace,
     #[error("metadata: {0}")]
     Meta(MetaError),
     #[error("data: {0}")]
@@ -69,6 +72,7 @@ impl VfsError {
             VfsError::NotSupported => libc::EOPNOTSUPP,
             VfsError::TooBig => libc::EFBIG,
             VfsError::ReadOnly => libc::EROFS,
+            VfsError::NoSpace => libc::ENOSPC,
             VfsError::Meta(_) | VfsError::Data(_) | VfsError::Io(_) => libc::EIO,
         }
     }

@@ -1,43 +1,109 @@
-//! Open files: dirty chunk buffers, reads that merge buffered and stored data, and the
-//! flush that turns buffers into sealed chunk objects (or inline data for tiny files).
+//! Open files and write-back. A chunk being written is "open": its bytes sit in a memory
+//! buffer and every write is also appended, sealed, to the chunk's staging file on local
+//! disk before it is acknowledged. A chunk is sealed and handed to the upload pool when a
+//! write completes it, when it has been idle for a moment, or at close/fsync/unmount; while
+//! its upload is in flight it is "flying". Only a finished upload puts the chunk into the
+//! metadata, so a commit never references an object that is not in the bucket, and the
+//! recorded size never covers bytes that are not there yet.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::{now_ns, Attr, Result, Vfs, VfsError};
-use crate::meta::{ChunkRef, FileKind, Ino, INLINE_MAX};
+use crate::data::staging::{Replay, StagedFile};
+use crate::data::{ChunkStore, Staging};
+use crate::meta::{ChunkRef, FileKind, Ino, MetaError, SqliteMeta, INLINE_MAX};
 
-/// Above this many buffered bytes in one file, its dirty chunks are uploaded.
-const DIRTY_LIMIT: usize = 64 << 20;
 /// Largest file offset we accept (keeps chunk arithmetic far from overflow).
 const MAX_FILE_SIZE: u64 = 1 << 50;
+/// An open chunk not written for this long is sealed and uploaded.
+const IDLE_SEAL: Duration = Duration::from_secs(2);
+/// Memory for buffers of open chunks (all files); above it, the writer's chunks are sealed.
+const OPEN_MEM_LIMIT: u64 = 32 << 20;
+/// Memory for plaintext of chunks being uploaded; beyond it, workers replay from staging.
+const FLY_MEM_LIMIT: u64 = 16 << 20;
+/// A failed upload is tried again after this long (by `tick`), or at once by fsync.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Largest read-ahead window, in chunks.
+const READ_AHEAD_MAX: u64 = 16;
+/// `update_file` keeps every chunk below this index (no truncation).
+const KEEP_ALL: u64 = i64::MAX as u64;
+
+pub(super) type OpenMap = Mutex<std::collections::HashMap<Ino, Arc<OpenFile>>>;
+
+/// What the upload completions need, shared with the upload pool's threads.
+pub(super) struct WriteBack {
+    pub(super) meta: Arc<SqliteMeta>,
+    pub(super) data: Arc<ChunkStore>,
+    pub(super) staging: Arc<Staging>,
+    pub(super) open: OpenMap,
+    open_mem: AtomicU64,
+    fly_mem: AtomicU64,
+    token: AtomicU64,
+}
 
 pub(super) struct OpenFile {
     st: Mutex<FileState>,
+    /// Signalled whenever an upload of this file finishes (or fails).
+    cv: Condvar,
 }
 
 struct FileState {
     opens: usize,
     size: u64,
-    /// mtime of unflushed changes (None when nothing changed since the last flush).
+    /// mtime of changes not yet in the metadata (None when the metadata has them).
     mtime: Option<i64>,
-    dirty: BTreeMap<u64, Vec<u8>>,
+    open: BTreeMap<u64, OpenChunk>,
+    flying: BTreeMap<u64, Flying>,
     refs: BTreeMap<u64, ChunkRef>,
-    /// Lowest size the file was truncated to since the metadata last recorded its chunks:
-    /// stored chunks from there on are stale even if the file grew again.
-    trunc_to: Option<u64>,
     inline: Option<Vec<u8>>,
+    /// The last upload error, reported by the next fsync.
+    error: Option<String>,
+    /// Where a sequential reader would read next, and its read-ahead window in chunks.
+    next_off: u64,
+    ra: u64,
+}
+
+struct OpenChunk {
+    buf: Vec<u8>,
+    file: StagedFile,
+    /// The stored chunk the staging records apply to (None: they start from empty).
+    base: Option<ChunkRef>,
+    touched: Instant,
+}
+
+struct Flying {
+    name: String,
+    base: Option<ChunkRef>,
+    data: Option<Arc<Vec<u8>>>,
+    plain_len: u64,
+    token: u64,
+    failed: Option<Instant>,
 }
 
 impl FileState {
-    fn dirty_bytes(&self) -> usize {
-        self.dirty.values().map(|b| b.len()).sum()
+    fn dirty_bytes(&self) -> u64 {
+        self.open.values().map(|c| c.buf.len() as u64).sum::<u64>()
+            + self.flying.values().map(|f| f.plain_len).sum::<u64>()
+    }
+
+    fn pending(&self) -> bool {
+        !self.open.is_empty() || !self.flying.is_empty()
     }
 }
 
 impl OpenFile {
+    fn new(st: FileState) -> Self {
+        OpenFile {
+            st: Mutex::new(st),
+            cv: Condvar::new(),
+        }
+    }
+
     pub(super) fn overlay(&self, a: &mut Attr) {
         let st = self.st.lock();
         a.size = st.size;
@@ -59,7 +125,13 @@ impl OpenFile {
     }
 
     pub(super) fn dirty_bytes(&self) -> u64 {
-        self.st.lock().dirty_bytes() as u64
+        self.st.lock().dirty_bytes()
+    }
+
+    /// (chunks waiting for or in upload, whether anything is pending)
+    pub(super) fn uploads(&self) -> (u64, bool) {
+        let st = self.st.lock();
+        (st.flying.len() as u64, st.pending())
     }
 }
 
@@ -70,15 +142,416 @@ enum Piece {
     Zeros(u64),
 }
 
+impl WriteBack {
+    pub(super) fn new(meta: Arc<SqliteMeta>, data: Arc<ChunkStore>, staging: Arc<Staging>) -> Self {
+        WriteBack {
+            meta,
+            data,
+            staging,
+            open: Mutex::new(Default::default()),
+            open_mem: AtomicU64::new(0),
+            fly_mem: AtomicU64::new(0),
+            token: AtomicU64::new(1),
+        }
+    }
+
+    fn cs(&self) -> u64 {
+        self.data.chunk_size()
+    }
+
+    fn drop_staging(&self, name: &str) {
+        self.staging.remove(name);
+        if let Err(e) = self.meta.remove_staged(name) {
+            tracing::warn!("cannot forget staging file {name}: {e}");
+        }
+    }
+
+    fn drop_open(&self, oc: OpenChunk) {
+        self.open_mem
+            .fetch_sub(oc.buf.len() as u64, Ordering::Relaxed);
+        self.drop_staging(&oc.file.name);
+    }
+
+    /// Make chunk `idx` an open chunk holding its current contents.
+    fn open_chunk(&self, ino: Ino, st: &mut FileState, idx: u64) -> Result<()> {
+        if st.open.contains_key(&idx) {
+            return Ok(());
+        }
+        let (buf, base) = if let Some(c) = st.refs.get(&idx) {
+            let b = self.data.read(c, 0, c.plain_len).inspect_err(|e| {
+                tracing::error!("read before write failed: {e}");
+            })?;
+            (b, Some(c.clone()))
+        } else if let (0, Some(d)) = (idx, st.inline.as_ref()) {
+            (d.clone(), None)
+        } else {
+            (Vec::new(), None)
+        };
+        let mut file = self.staging.create()?;
+        if base.is_none() && !buf.is_empty() {
+            // Inline data is not a chunk: the staging file carries it whole.
+            let m = st.mtime.unwrap_or_else(now_ns);
+            self.staging
+                .write(&mut file, ino, idx, 0, &buf, st.size, m)?;
+        }
+        if let Err(e) = self.meta.add_staged(&file.name, ino, idx) {
+            self.staging.remove(&file.name);
+            return Err(e.into());
+        }
+        self.open_mem.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        st.open.insert(
+            idx,
+            OpenChunk {
+                buf,
+                file,
+                base,
+                touched: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Seal open chunk `idx` and hand it to the upload pool.
+    fn seal(self: &Arc<Self>, of: &Arc<OpenFile>, ino: Ino, st: &mut FileState, idx: u64) {
+        let Some(oc) = st.open.remove(&idx) else {
+            return;
+        };
+        let len = oc.buf.len() as u64;
+        self.open_mem.fetch_sub(len, Ordering::Relaxed);
+        if len == 0 {
+            self.drop_staging(&oc.file.name);
+            return;
+        }
+        let keep = self.fly_mem.load(Ordering::Relaxed) + len <= FLY_MEM_LIMIT;
+        let data = if keep {
+            self.fly_mem.fetch_add(len, Ordering::Relaxed);
+            Some(Arc::new(oc.buf))
+        } else {
+            None
+        };
+        let f = Flying {
+            name: oc.file.name.clone(),
+            base: oc.base,
+            data,
+            plain_len: len,
+            token: self.token.fetch_add(1, Ordering::Relaxed),
+            failed: None,
+        };
+        self.submit(of, ino, idx, &f);
+        st.flying.insert(idx, f);
+    }
+
+    fn submit(self: &Arc<Self>, of: &Arc<OpenFile>, ino: Ino, idx: u64, f: &Flying) {
+        let produce: crate::data::chunks::Produce = match &f.data {
+            Some(d) => {
+                let d = d.clone();
+                Box::new(move || Ok((*d).clone()))
+            }
+            None => {
+                let wb = self.clone();
+                let (name, base) = (f.name.clone(), f.base.clone());
+                Box::new(move || wb.replay(&name, base.as_ref(), ino, idx))
+            }
+        };
+        let wb = self.clone();
+        let of = of.clone();
+        let token = f.token;
+        self.data.upload_async(
+            idx,
+            produce,
+            Box::new(move |res| wb.complete(&of, ino, idx, token, res)),
+        );
+    }
+
+    /// A chunk's content rebuilt from its staging file over its base.
+    fn replay(
+        &self,
+        name: &str,
+        base: Option<&ChunkRef>,
+        ino: Ino,
+        idx: u64,
+    ) -> crate::data::Result<Vec<u8>> {
+        let r: Replay = self.staging.load(name, ino, idx)?;
+        let b = match base {
+            Some(c) => self.data.read(c, 0, c.plain_len)?,
+            None => Vec::new(),
+        };
+        Ok(r.apply(b))
+    }
+
+    fn complete(
+        self: &Arc<Self>,
+        of: &Arc<OpenFile>,
+        ino: Ino,
+        idx: u64,
+        token: u64,
+        res: crate::data::Result<ChunkRef>,
+    ) {
+        let mut st = of.st.lock();
+        if st.flying.get(&idx).is_none_or(|f| f.token != token) {
+            // The file was deleted or the upload superseded: nothing references it.
+            if let Ok(r) = res {
+                self.data.discard(r.id);
+            }
+            of.cv.notify_all();
+            return;
+        }
+        let r = match res {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("upload of a chunk failed (kept staged, will retry): {e}");
+                if let Some(f) = st.flying.get_mut(&idx) {
+                    f.failed = Some(Instant::now());
+                }
+                st.error = Some(e.to_string());
+                of.cv.notify_all();
+                return;
+            }
+        };
+        let Some(f) = st.flying.remove(&idx) else {
+            return;
+        };
+        if f.data.is_some() {
+            self.fly_mem.fetch_sub(f.plain_len, Ordering::Relaxed);
+        }
+        st.refs.insert(idx, r.clone());
+        match self.apply_meta(ino, &mut st, std::slice::from_ref(&r), KEEP_ALL) {
+            Ok(true) => self.drop_staging(&f.name),
+            Ok(false) => {
+                self.data.discard(r.id);
+                self.drop_staging(&f.name);
+            }
+            Err(e) => {
+                // The staging file stays: the next mount replays and uploads it again.
+                tracing::error!("cannot record an uploaded chunk: {e}");
+                st.error = Some(e.to_string());
+            }
+        }
+        of.cv.notify_all();
+        drop(st);
+        self.forget_if_idle(ino, of);
+    }
+
+    /// Write the file's size, mtime and `new_refs` into the metadata. The size recorded
+    /// never reaches into a chunk that is still pending past the old recorded size, so a
+    /// commit never shows zeros where written data is still on its way. Returns false
+    /// when the inode is gone.
+    fn apply_meta(
+        &self,
+        ino: Ino,
+        st: &mut FileState,
+        new_refs: &[ChunkRef],
+        keep: u64,
+    ) -> Result<bool> {
+        let mut inode = match self.meta.get_inode(ino) {
+            Ok(i) => i,
+            Err(MetaError::NotFound) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let cs = self.cs();
+        let old = inode.size;
+        let ext = st
+            .open
+            .keys()
+            .chain(st.flying.keys())
+            .filter(|p| (**p + 1) * cs > old)
+            .map(|p| p * cs)
+            .min();
+        inode.size = match ext {
+            None => st.size,
+            Some(e) => st.size.min(old.max(e)),
+        };
+        if let Some(m) = st.mtime {
+            inode.mtime = m;
+            inode.ctime = inode.ctime.max(m);
+        }
+        let has0 = st.refs.contains_key(&0);
+        let inline = if has0 { None } else { st.inline.as_deref() };
+        self.meta.update_file(&inode, new_refs, keep, inline)?;
+        if has0 {
+            st.inline = None;
+        }
+        if !st.pending() {
+            st.mtime = None;
+        }
+        Ok(true)
+    }
+
+    /// Drop everything pending for `ino`, unless it is open; true when it is no longer
+    /// tracked (the caller may then delete the inode).
+    pub(super) fn discard_unopened(&self, ino: Ino) -> bool {
+        let mut map = self.open.lock();
+        let Some(of) = map.get(&ino).cloned() else {
+            return true;
+        };
+        let mut st = of.st.lock();
+        if st.opens > 0 {
+            return false;
+        }
+        for (_, oc) in std::mem::take(&mut st.open) {
+            self.drop_open(oc);
+        }
+        for (_, f) in std::mem::take(&mut st.flying) {
+            if f.data.is_some() {
+                self.fly_mem.fetch_sub(f.plain_len, Ordering::Relaxed);
+            }
+            self.drop_staging(&f.name);
+        }
+        drop(st);
+        map.remove(&ino);
+        true
+    }
+
+    fn forget_if_idle(&self, ino: Ino, of: &Arc<OpenFile>) {
+        let mut map = self.open.lock();
+        if map.get(&ino).is_some_and(|o| Arc::ptr_eq(o, of)) {
+            let st = of.st.lock();
+            if st.opens == 0 && !st.pending() {
+                drop(st);
+                map.remove(&ino);
+            }
+        }
+    }
+
+    /// Wait until no upload of this file is in flight. A failed upload is restarted and
+    /// reported as an error (its data stays staged).
+    fn wait_flying(
+        self: &Arc<Self>,
+        of: &Arc<OpenFile>,
+        ino: Ino,
+        st: &mut MutexGuard<'_, FileState>,
+    ) -> Result<()> {
+        // Each failed upload is tried once more here; failing again is the caller's error
+        // (the data stays staged and `tick` keeps retrying).
+        let mut retried = std::collections::BTreeSet::new();
+        loop {
+            if st.flying.is_empty() {
+                return Ok(());
+            }
+            let failed: Vec<u64> = st
+                .flying
+                .iter()
+                .filter(|(_, f)| f.failed.is_some())
+                .map(|(i, _)| *i)
+                .collect();
+            if failed.iter().any(|i| retried.contains(i)) {
+                let e = st.error.take().unwrap_or_else(|| "upload failed".into());
+                return Err(VfsError::Io(format!("upload to the store failed: {e}")));
+            }
+            if !failed.is_empty() {
+                self.retry(of, ino, st, &failed);
+                retried.extend(failed);
+            }
+            of.cv.wait(st);
+        }
+    }
+
+    /// Wait until chunk `idx` is not being uploaded (retrying a failed upload meanwhile).
+    fn wait_chunk(
+        self: &Arc<Self>,
+        of: &Arc<OpenFile>,
+        ino: Ino,
+        st: &mut MutexGuard<'_, FileState>,
+        idx: u64,
+    ) {
+        while st.flying.contains_key(&idx) {
+            let failed = st.flying.get(&idx).is_some_and(|f| {
+                f.failed
+                    .is_some_and(|t| t.elapsed() > Duration::from_millis(500))
+            });
+            if failed {
+                self.retry(of, ino, st, &[idx]);
+            }
+            of.cv.wait_for(st, Duration::from_secs(1));
+        }
+    }
+
+    fn retry(self: &Arc<Self>, of: &Arc<OpenFile>, ino: Ino, st: &mut FileState, idxs: &[u64]) {
+        for idx in idxs {
+            if let Some(f) = st.flying.get_mut(idx) {
+                f.failed = None;
+                f.token = self.token.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(f) = st.flying.get(idx) {
+                self.submit(of, ino, *idx, f);
+            }
+        }
+    }
+
+    /// Store a tiny file inline in the metadata (no upload), once nothing is in flight.
+    fn store_inline(&self, ino: Ino, st: &mut FileState) -> Result<()> {
+        let size = st.size as usize;
+        let mut content = if let Some(c) = st.open.get(&0) {
+            c.buf.clone()
+        } else if let Some(c) = st.refs.get(&0) {
+            self.data.read(c, 0, c.plain_len)?
+        } else {
+            st.inline.clone().unwrap_or_default()
+        };
+        content.resize(size, 0);
+        let mut inode = self.meta.get_inode(ino)?;
+        inode.size = st.size;
+        if let Some(m) = st.mtime {
+            inode.mtime = m;
+            inode.ctime = inode.ctime.max(m);
+        }
+        self.meta.update_file(&inode, &[], 0, Some(&content))?;
+        for (_, oc) in std::mem::take(&mut st.open) {
+            self.drop_open(oc);
+        }
+        st.refs.clear();
+        st.inline = Some(content);
+        st.mtime = None;
+        Ok(())
+    }
+
+    /// close(): seal every open chunk (uploads continue in the background) and record
+    /// what can be recorded; a tiny file goes inline at once.
+    fn flush_locked(
+        self: &Arc<Self>,
+        of: &Arc<OpenFile>,
+        ino: Ino,
+        st: &mut MutexGuard<'_, FileState>,
+    ) -> Result<()> {
+        if !st.pending() && st.mtime.is_none() {
+            return Ok(());
+        }
+        match self.meta.get_inode(ino) {
+            Ok(i) if i.nlink == 0 => return Ok(()),
+            Err(MetaError::NotFound) => return Ok(()),
+            _ => {}
+        }
+        if st.size <= INLINE_MAX {
+            self.wait_flying(of, ino, st)?;
+            return self.store_inline(ino, st);
+        }
+        let idxs: Vec<u64> = st.open.keys().copied().collect();
+        for idx in idxs {
+            self.seal(of, ino, st, idx);
+        }
+        if !st.pending() {
+            self.apply_meta(ino, st, &[], KEEP_ALL)?;
+        }
+        Ok(())
+    }
+}
+
 impl Vfs {
     fn chunk_size(&self) -> u64 {
         self.data.chunk_size()
     }
 
-    /// Get the open state of `ino`, creating it (with `opens` = 0) if needed.
-    fn file_state(&self, ino: Ino) -> Result<Arc<OpenFile>> {
-        if let Some(of) = self.open.lock().get(&ino) {
-            return Ok(of.clone());
+    /// Get the open state of `ino`, creating it if needed; `pin` counts one more user
+    /// (done under the map lock, so a finishing upload cannot forget it meanwhile).
+    fn file_state(&self, ino: Ino, pin: bool) -> Result<Arc<OpenFile>> {
+        {
+            let map = self.wb.open.lock();
+            if let Some(of) = map.get(&ino) {
+                if pin {
+                    of.st.lock().opens += 1;
+                }
+                return Ok(of.clone());
+            }
         }
         let inode = self.meta.get_inode(ino)?;
         match inode.kind {
@@ -93,29 +566,30 @@ impl Vfs {
             .map(|c| (c.idx, c))
             .collect();
         let inline = self.meta.inline_data(ino)?;
-        let mut open = self.open.lock();
-        let of = open.entry(ino).or_insert_with(|| {
-            Arc::new(OpenFile {
-                st: Mutex::new(FileState {
-                    opens: 0,
-                    size: inode.size,
-                    mtime: None,
-                    dirty: BTreeMap::new(),
-                    refs,
-                    trunc_to: None,
-                    inline,
-                }),
-            })
+        let mut map = self.wb.open.lock();
+        let of = map.entry(ino).or_insert_with(|| {
+            Arc::new(OpenFile::new(FileState {
+                opens: 0,
+                size: inode.size,
+                mtime: None,
+                open: BTreeMap::new(),
+                flying: BTreeMap::new(),
+                refs,
+                inline,
+                error: None,
+                next_off: 0,
+                ra: 0,
+            }))
         });
+        if pin {
+            of.st.lock().opens += 1;
+        }
         Ok(of.clone())
     }
 
     pub fn open(&self, ino: Ino) -> Result<u64> {
-        let of = self.file_state(ino)?;
-        of.st.lock().opens += 1;
-        let fh = self
-            .next_fh
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.file_state(ino, true)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, ino);
         Ok(fh)
     }
@@ -123,6 +597,7 @@ impl Vfs {
     fn handle(&self, fh: u64) -> Result<(Ino, Arc<OpenFile>)> {
         let ino = *self.handles.lock().get(&fh).ok_or(VfsError::BadHandle)?;
         let of = self
+            .wb
             .open
             .lock()
             .get(&ino)
@@ -132,19 +607,26 @@ impl Vfs {
     }
 
     pub fn read(&self, fh: u64, off: u64, len: u32) -> Result<Vec<u8>> {
-        let (_, of) = self.handle(fh)?;
+        let (ino, of) = self.handle(fh)?;
         let cs = self.chunk_size();
         let pieces = {
-            let st = of.st.lock();
+            let mut st = of.st.lock();
             let end = (off + len as u64).min(st.size);
+            self.read_ahead(&mut st, off, end);
             let mut pieces = Vec::new();
             let mut pos = off;
             while pos < end {
                 let idx = pos / cs;
                 let in_off = pos % cs;
                 let n = (cs - in_off).min(end - pos);
-                if let Some(buf) = st.dirty.get(&idx) {
-                    pieces.push(slice_or_zeros(buf, in_off, n));
+                if let Some(c) = st.open.get(&idx) {
+                    pieces.push(slice_or_zeros(&c.buf, in_off, n));
+                } else if let Some(f) = st.flying.get(&idx) {
+                    let buf = match &f.data {
+                        Some(d) => d.clone(),
+                        None => Arc::new(self.wb.replay(&f.name, f.base.as_ref(), ino, idx)?),
+                    };
+                    pieces.push(slice_or_zeros(&buf, in_off, n));
                 } else if let Some(c) = st.refs.get(&idx) {
                     pieces.push(Piece::Stored(c.clone(), in_off, n));
                 } else if let (0, Some(data)) = (idx, st.inline.as_ref()) {
@@ -174,22 +656,48 @@ impl Vfs {
         Ok(out)
     }
 
-    /// Make chunk `idx` a dirty buffer holding its current contents.
-    fn load_chunk(&self, st: &mut FileState, idx: u64) -> Result<()> {
-        if st.dirty.contains_key(&idx) {
-            return Ok(());
-        }
-        let buf = if let Some(c) = st.refs.get(&idx) {
-            self.data.read(c, 0, c.plain_len).inspect_err(|e| {
-                tracing::error!("read before write failed: {e}");
-            })?
-        } else if let (0, Some(d)) = (idx, st.inline.as_ref()) {
-            d.clone()
+    /// Read-ahead: a reader continuing where it stopped doubles its window (up to
+    /// READ_AHEAD_MAX chunks, fetched into the disk cache in the background); any other
+    /// read closes it.
+    fn read_ahead(&self, st: &mut FileState, off: u64, end: u64) {
+        let cs = self.chunk_size();
+        if off == st.next_off && end > off {
+            st.ra = (st.ra * 2).clamp(1, READ_AHEAD_MAX);
         } else {
-            Vec::new()
-        };
-        st.dirty.insert(idx, buf);
-        Ok(())
+            st.ra = 0;
+        }
+        st.next_off = end;
+        if st.ra == 0 || end == 0 {
+            return;
+        }
+        let from = (end - 1) / cs;
+        let refs: Vec<ChunkRef> = st
+            .refs
+            .range(from..=from + st.ra)
+            .filter(|(i, _)| !st.open.contains_key(i) && !st.flying.contains_key(i))
+            .map(|(_, c)| c.clone())
+            .collect();
+        self.data.prefetch(refs);
+    }
+
+    /// Back-pressure: wait while staging is full and uploads can drain it. Only a cache
+    /// disk that is full with nothing left to upload is an ENOSPC.
+    fn make_room(&self, more: u64) -> Result<()> {
+        let staging = &self.wb.staging;
+        loop {
+            if staging.has_room(more) {
+                return Ok(());
+            }
+            if self.data.uploads_pending() == 0 {
+                if staging.disk_full(more) {
+                    return Err(VfsError::NoSpace);
+                }
+                // Over the staging cap only with chunks still being written: they are
+                // sealed by close or idleness; refusing the write would not help.
+                return Ok(());
+            }
+            staging.wait_for_room(more, Duration::from_millis(500));
+        }
     }
 
     pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> Result<u32> {
@@ -199,186 +707,189 @@ impl Vfs {
             .checked_add(data.len() as u64)
             .filter(|e| *e <= MAX_FILE_SIZE)
             .ok_or(VfsError::TooBig)?;
+        self.make_room(data.len() as u64 + 4096)?;
         let cs = self.chunk_size();
+        let wb = &self.wb;
         let mut st = of.st.lock();
+        let mtime = now_ns();
+        let size_after = st.size.max(end);
         let mut pos = off;
         let mut rest = data;
+        let mut touched = Vec::new();
         while !rest.is_empty() {
             let idx = pos / cs;
             let in_off = (pos % cs) as usize;
             let n = rest.len().min(cs as usize - in_off);
-            self.load_chunk(&mut st, idx)?;
-            let buf = st
-                .dirty
+            // A chunk is rewritten only after its previous version reached the store.
+            wb.wait_chunk(&of, ino, &mut st, idx);
+            wb.open_chunk(ino, &mut st, idx)?;
+            let oc = st
+                .open
                 .get_mut(&idx)
                 .ok_or(VfsError::Io("chunk buffer vanished".into()))?;
-            if buf.len() < in_off + n {
-                buf.resize(in_off + n, 0);
+            wb.staging.write(
+                &mut oc.file,
+                ino,
+                idx,
+                in_off as u32,
+                &rest[..n],
+                size_after,
+                mtime,
+            )?;
+            let before = oc.buf.len();
+            if oc.buf.len() < in_off + n {
+                oc.buf.resize(in_off + n, 0);
             }
-            buf[in_off..in_off + n].copy_from_slice(&rest[..n]);
+            oc.buf[in_off..in_off + n].copy_from_slice(&rest[..n]);
+            oc.touched = Instant::now();
+            wb.open_mem
+                .fetch_add((oc.buf.len() - before) as u64, Ordering::Relaxed);
+            touched.push(idx);
             pos += n as u64;
             rest = &rest[n..];
         }
-        st.size = st.size.max(end);
-        st.mtime = Some(now_ns());
-        // A write that completes a chunk (a sequential stream) uploads it now, so an
-        // append stream never re-uploads a tail; random writes stay buffered.
-        let full: Vec<u64> = if end % cs == 0 {
-            vec![end / cs - 1]
-        } else {
-            Vec::new()
-        };
-        let over = st.dirty_bytes() > DIRTY_LIMIT;
-        if over {
-            self.upload_dirty(ino, &mut st, None)?;
-        } else if !full.is_empty() && st.dirty.get(&full[0]).is_some_and(|b| b.len() as u64 == cs) {
-            self.upload_dirty(ino, &mut st, Some(&full))?;
+        st.size = size_after;
+        st.mtime = Some(mtime);
+        // A staging file that grew far beyond its chunk (rewrites of the same bytes) is
+        // replaced by one record of the current contents.
+        for idx in &touched {
+            let big = st
+                .open
+                .get(idx)
+                .is_some_and(|c| c.file.len > 2 * cs + (1 << 20));
+            if big {
+                self.compact(ino, &mut st, *idx, mtime)?;
+            }
+        }
+        // A write that completes a chunk (a sequential stream) seals it now, so an append
+        // stream never re-uploads a tail; random writes stay open until idle or close.
+        if end % cs == 0
+            && st
+                .open
+                .get(&(end / cs - 1))
+                .is_some_and(|c| c.buf.len() as u64 == cs)
+        {
+            wb.seal(&of, ino, &mut st, end / cs - 1);
+        }
+        if wb.open_mem.load(Ordering::Relaxed) > OPEN_MEM_LIMIT {
+            let idxs: Vec<u64> = st.open.keys().copied().collect();
+            for idx in idxs {
+                wb.seal(&of, ino, &mut st, idx);
+            }
         }
         Ok(data.len() as u32)
     }
 
-    /// Upload dirty chunks (all, or those listed) and record them in the metadata.
-    fn upload_dirty(&self, ino: Ino, st: &mut FileState, only: Option<&[u64]>) -> Result<()> {
-        let cs = self.chunk_size();
-        let keep_below = st.size.div_ceil(cs);
-        let meta_keep = st
-            .trunc_to
-            .map_or(keep_below, |t| t.div_ceil(cs).min(keep_below));
-        if st.size <= INLINE_MAX {
-            return self.store_inline(ino, st);
-        }
-        // Growing out of inline storage: chunk 0 must be uploaded in this same update.
-        let was_inline = st.inline.is_some();
-        if let Some(d) = st.inline.take() {
-            st.dirty.entry(0).or_insert(d);
-        }
-        let idxs: Vec<u64> = st
-            .dirty
-            .keys()
-            .copied()
-            .filter(|i| only.is_none_or(|o| o.contains(i)) || (was_inline && *i == 0))
-            .collect();
-        let mut items = Vec::new();
-        let mut emptied = Vec::new();
-        for i in idxs {
-            if let Some(buf) = st.dirty.remove(&i) {
-                if buf.is_empty() || i >= keep_below {
-                    emptied.push(i);
-                } else {
-                    items.push((i, buf));
-                }
-            }
-        }
-        let refs = match self.data.write_many(items.clone()) {
-            Ok(r) => r,
-            Err(e) => {
-                // Keep the data buffered so a later flush can retry.
-                for (i, b) in items {
-                    st.dirty.insert(i, b);
-                }
-                tracing::error!("upload failed: {e}");
-                return Err(e.into());
-            }
-        };
-        let mut inode = self.meta.get_inode(ino)?;
-        inode.size = st.size;
-        if let Some(m) = st.mtime {
-            inode.mtime = m;
-            inode.ctime = inode.ctime.max(m);
-        }
-        for i in emptied {
-            st.refs.remove(&i);
-        }
-        self.meta.update_file(&inode, &refs, meta_keep, None)?;
-        st.trunc_to = None;
-        st.refs.retain(|i, _| *i < keep_below);
-        for r in refs {
-            st.refs.insert(r.idx, r);
-        }
-        if st.dirty.is_empty() {
-            st.mtime = None;
-        }
-        Ok(())
-    }
-
-    fn store_inline(&self, ino: Ino, st: &mut FileState) -> Result<()> {
-        let size = st.size as usize;
-        let mut content = if let Some(b) = st.dirty.get(&0) {
-            b.clone()
-        } else if let Some(c) = st.refs.get(&0) {
-            self.data.read(c, 0, c.plain_len)?
-        } else {
-            st.inline.clone().unwrap_or_default()
-        };
-        content.resize(size, 0);
-        let mut inode = self.meta.get_inode(ino)?;
-        inode.size = st.size;
-        if let Some(m) = st.mtime {
-            inode.mtime = m;
-            inode.ctime = inode.ctime.max(m);
-        }
-        self.meta.update_file(&inode, &[], 0, Some(&content))?;
-        st.refs.clear();
-        st.dirty.clear();
-        st.inline = Some(content);
-        st.mtime = None;
-        st.trunc_to = None;
-        Ok(())
-    }
-
-    pub(super) fn flush_file(&self, ino: Ino, of: &OpenFile) -> Result<()> {
-        let mut st = of.st.lock();
-        if st.dirty.is_empty() && st.mtime.is_none() {
+    fn compact(&self, ino: Ino, st: &mut FileState, idx: u64, mtime: i64) -> Result<()> {
+        let wb = &self.wb;
+        let size = st.size;
+        let Some(oc) = st.open.get_mut(&idx) else {
             return Ok(());
-        }
-        match self.meta.get_inode(ino) {
-            Ok(i) if i.nlink == 0 => return Ok(()),
-            Err(crate::meta::MetaError::NotFound) => return Ok(()),
-            _ => {}
-        }
-        self.upload_dirty(ino, &mut st, None)
+        };
+        let mut file = wb.staging.create()?;
+        wb.staging.cut(&mut file, ino, idx, 0, size, mtime)?;
+        wb.staging
+            .write(&mut file, ino, idx, 0, &oc.buf, size, mtime)?;
+        wb.meta.add_staged(&file.name, ino, idx)?;
+        let old = std::mem::replace(&mut oc.file, file);
+        wb.drop_staging(&old.name);
+        Ok(())
     }
 
-    /// close(): upload this file's buffered data and record it in the local metadata.
+    /// Seal open chunks idle for a moment and retry failed uploads; called periodically.
+    pub fn tick(&self) {
+        let files: Vec<(Ino, Arc<OpenFile>)> = self
+            .wb
+            .open
+            .lock()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (ino, of) in files {
+            let mut st = of.st.lock();
+            if st.size > INLINE_MAX {
+                let idle: Vec<u64> = st
+                    .open
+                    .iter()
+                    .filter(|(_, c)| c.touched.elapsed() > IDLE_SEAL)
+                    .map(|(i, _)| *i)
+                    .collect();
+                for idx in idle {
+                    self.wb.seal(&of, ino, &mut st, idx);
+                }
+            }
+            let failed: Vec<u64> = st
+                .flying
+                .iter()
+                .filter(|(_, f)| f.failed.is_some_and(|t| t.elapsed() > RETRY_AFTER))
+                .map(|(i, _)| *i)
+                .collect();
+            self.wb.retry(&of, ino, &mut st, &failed);
+        }
+    }
+
+    pub(super) fn flush_file(&self, ino: Ino, of: &Arc<OpenFile>) -> Result<()> {
+        let mut st = of.st.lock();
+        self.wb.flush_locked(of, ino, &mut st)
+    }
+
+    /// Flush and wait until every upload of the file finished and is in the metadata.
+    pub(super) fn flush_and_wait(&self, ino: Ino, of: &Arc<OpenFile>) -> Result<()> {
+        let mut st = of.st.lock();
+        self.wb.flush_locked(of, ino, &mut st)?;
+        self.wb.wait_flying(of, ino, &mut st)?;
+        if st.mtime.is_some() && !st.pending() {
+            self.wb.apply_meta(ino, &mut st, &[], KEEP_ALL)?;
+        }
+        Ok(())
+    }
+
+    /// close(): the file's data is staged on local disk (crash-safe) and its uploads run
+    /// in the background; the metadata records each chunk once it is in the store.
     pub fn flush(&self, fh: u64) -> Result<()> {
         let (ino, of) = self.handle(fh)?;
-        self.flush_file(ino, &of)?;
         if self.sync_on_close() {
-            self.commit()?;
+            // As fsync: a commit only records chunks whose upload finished, so wait first.
+            self.flush_and_wait(ino, &of)?;
+            return self.commit();
         }
-        Ok(())
+        self.flush_file(ino, &of)
     }
 
     /// fsync(): the file's data and the metadata that references it reach the store.
     pub fn fsync(&self, fh: u64) -> Result<()> {
-        self.flush(fh)?;
+        let (ino, of) = self.handle(fh)?;
+        self.flush_and_wait(ino, &of)?;
         self.commit()
     }
 
     pub fn release(&self, fh: u64) -> Result<()> {
         let ino = self.handles.lock().remove(&fh).ok_or(VfsError::BadHandle)?;
-        let of = match self.open.lock().get(&ino).cloned() {
+        let of = match self.wb.open.lock().get(&ino).cloned() {
             Some(of) => of,
             None => return Ok(()),
         };
         let res = self.flush_file(ino, &of);
         let unlinked = matches!(self.meta.get_inode(ino), Ok(i) if i.nlink == 0);
-        let last = {
+        {
             let mut st = of.st.lock();
             st.opens = st.opens.saturating_sub(1);
             if st.opens == 0 && unlinked {
-                // Nobody can reach this file any more: its buffered data goes with it.
-                st.dirty.clear();
-            }
-            st.opens == 0 && st.dirty.is_empty()
-        };
-        if last {
-            self.open.lock().remove(&ino);
-            if let Ok(i) = self.meta.get_inode(ino) {
-                if i.nlink == 0 {
-                    self.meta.delete_inode(ino)?;
+                // Nobody can reach this file any more: its pending data goes with it.
+                for (_, oc) in std::mem::take(&mut st.open) {
+                    self.wb.drop_open(oc);
+                }
+                for (_, f) in std::mem::take(&mut st.flying) {
+                    if f.data.is_some() {
+                        self.wb.fly_mem.fetch_sub(f.plain_len, Ordering::Relaxed);
+                    }
+                    self.wb.drop_staging(&f.name);
                 }
             }
+        }
+        self.wb.forget_if_idle(ino, &of);
+        if unlinked && !self.wb.open.lock().contains_key(&ino) {
+            self.meta.delete_inode(ino)?;
         }
         res
     }
@@ -405,41 +916,186 @@ impl Vfs {
         if size > MAX_FILE_SIZE {
             return Err(VfsError::TooBig);
         }
-        let of = self.file_state(ino)?;
+        let of = self.file_state(ino, true)?;
+        let res = self.truncate_pinned(ino, &of, size);
+        of.st.lock().opens -= 1;
+        self.wb.forget_if_idle(ino, &of);
+        res
+    }
+
+    fn truncate_pinned(&self, ino: Ino, of: &Arc<OpenFile>, size: u64) -> Result<()> {
         let cs = self.chunk_size();
-        {
-            let mut st = of.st.lock();
-            if size < st.size {
-                st.trunc_to = Some(st.trunc_to.map_or(size, |t| t.min(size)));
-                let keep = size.div_ceil(cs);
-                st.dirty.retain(|i, _| *i < keep);
-                st.refs.retain(|i, _| *i < keep);
-                let in_off = size % cs;
-                if in_off != 0 {
-                    let idx = size / cs;
-                    let stored_longer = st.refs.get(&idx).is_some_and(|c| c.plain_len > in_off);
-                    if stored_longer {
-                        self.load_chunk(&mut st, idx)?;
+        let wb = &self.wb;
+        let mut st = of.st.lock();
+        let now = now_ns();
+        if size < st.size {
+            let keep = size.div_ceil(cs);
+            // Uploads wholly past the new end are abandoned (discarded when they finish);
+            // the chunk cut in its middle must be in the store before it is cut again.
+            let gone: Vec<u64> = st.flying.range(keep..).map(|(i, _)| *i).collect();
+            for i in gone {
+                if let Some(f) = st.flying.remove(&i) {
+                    if f.data.is_some() {
+                        wb.fly_mem.fetch_sub(f.plain_len, Ordering::Relaxed);
                     }
-                    if let Some(b) = st.dirty.get_mut(&idx) {
-                        b.truncate(in_off as usize);
-                    }
-                }
-                if let Some(d) = st.inline.as_mut() {
-                    d.truncate(size as usize);
+                    wb.drop_staging(&f.name);
                 }
             }
-            st.size = size;
-            st.mtime = Some(now_ns());
-            if st.opens == 0 {
-                self.upload_dirty(ino, &mut st, None)?;
+            if !size.is_multiple_of(cs) {
+                wb.wait_chunk(of, ino, &mut st, size / cs);
+            }
+            let gone: Vec<u64> = st.open.range(keep..).map(|(i, _)| *i).collect();
+            for i in gone {
+                if let Some(oc) = st.open.remove(&i) {
+                    wb.drop_open(oc);
+                }
+            }
+            st.refs.retain(|i, _| *i < keep);
+            let in_off = size % cs;
+            if in_off != 0 {
+                let idx = size / cs;
+                let stored_longer = st.refs.get(&idx).is_some_and(|c| c.plain_len > in_off);
+                if stored_longer {
+                    wb.open_chunk(ino, &mut st, idx)?;
+                }
+                if let Some(oc) = st.open.get_mut(&idx) {
+                    let cut = oc.buf.len().saturating_sub(in_off as usize);
+                    oc.buf.truncate(in_off as usize);
+                    wb.open_mem.fetch_sub(cut as u64, Ordering::Relaxed);
+                }
+            }
+            if let Some(d) = st.inline.as_mut() {
+                d.truncate(size as usize);
             }
         }
-        let idle = of.st.lock().opens == 0;
-        if idle {
-            self.open.lock().remove(&ino);
+        st.size = size;
+        st.mtime = Some(now);
+        // Every staging file learns the new size: recovery takes the newest record.
+        for (idx, oc) in st.open.iter_mut() {
+            wb.staging
+                .cut(&mut oc.file, ino, *idx, oc.buf.len() as u32, size, now)?;
+        }
+        for (idx, f) in st.flying.iter() {
+            wb.staging
+                .cut_closed(&f.name, ino, *idx, f.plain_len as u32, size, now)?;
+        }
+        wb.apply_meta(ino, &mut st, &[], size.div_ceil(cs))?;
+        if st.opens == 1 {
+            // Nobody else has the file open: nothing will close it, so seal now.
+            wb.flush_locked(of, ino, &mut st)?;
         }
         Ok(())
+    }
+
+    /// After a crash: upload what was staged but not yet in the store, record it in the
+    /// metadata and commit. Returns how many files were recovered.
+    pub fn recover_staged(&self) -> Result<usize> {
+        let wb = &self.wb;
+        let rows = self.meta.list_staged()?;
+        let known: std::collections::HashSet<&str> =
+            rows.iter().map(|(n, _, _)| n.as_str()).collect();
+        for f in wb.staging.list_files() {
+            if !known.contains(f.as_str()) {
+                // Created but never recorded: no write was acknowledged from it.
+                wb.staging.remove(&f);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        if self.read_only {
+            tracing::warn!(
+                "{} staged chunks from an earlier crash wait for a writable mount",
+                rows.len()
+            );
+            return Ok(0);
+        }
+        let cs = self.chunk_size();
+        let mut by_ino: BTreeMap<Ino, Vec<(String, u64)>> = BTreeMap::new();
+        for (name, ino, idx) in rows {
+            by_ino.entry(ino).or_default().push((name, idx));
+        }
+        let mut files = 0;
+        for (ino, staged) in by_ino {
+            let mut inode = match self.meta.get_inode(ino) {
+                Ok(i) if i.nlink > 0 && i.kind == FileKind::File => i,
+                _ => {
+                    for (name, _) in staged {
+                        wb.drop_staging(&name);
+                    }
+                    continue;
+                }
+            };
+            let refs: BTreeMap<u64, ChunkRef> = self
+                .meta
+                .chunks(ino)?
+                .into_iter()
+                .map(|c| (c.idx, c))
+                .collect();
+            // Several files of one chunk (a compaction cut short): the newest wins.
+            let mut contents: BTreeMap<u64, (u64, Vec<u8>)> = BTreeMap::new();
+            let (mut seq, mut size, mut mtime) = (0u64, inode.size, inode.mtime);
+            for (name, idx) in &staged {
+                let r = match wb.staging.load(name, ino, *idx) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!("staging file {name} unusable: {e}");
+                        continue;
+                    }
+                };
+                if r.seq == 0 {
+                    continue;
+                }
+                let base = match refs.get(idx) {
+                    Some(c) => self.data.read(c, 0, c.plain_len)?,
+                    None => Vec::new(),
+                };
+                if r.seq > seq {
+                    (seq, size, mtime) = (r.seq, r.size_after, r.mtime);
+                }
+                let newer = contents.get(idx).is_none_or(|(s, _)| *s < r.seq);
+                if newer {
+                    contents.insert(*idx, (r.seq, r.apply(base)));
+                }
+            }
+            inode.size = size;
+            inode.mtime = mtime;
+            inode.ctime = inode.ctime.max(mtime);
+            let keep = size.div_ceil(cs);
+            if size <= INLINE_MAX {
+                let mut content = match contents.remove(&0) {
+                    Some((_, c)) => c,
+                    None => match refs.get(&0) {
+                        Some(c) => self.data.read(c, 0, c.plain_len)?,
+                        None => self.meta.inline_data(ino)?.unwrap_or_default(),
+                    },
+                };
+                content.resize(size as usize, 0);
+                self.meta.update_file(&inode, &[], 0, Some(&content))?;
+            } else {
+                let items: Vec<(u64, Vec<u8>)> = contents
+                    .into_iter()
+                    .filter(|(i, (_, c))| *i < keep && !c.is_empty())
+                    .map(|(i, (_, c))| (i, c))
+                    .collect();
+                let new = self.data.write_many(items)?;
+                let has0 = refs.contains_key(&0) || new.iter().any(|r| r.idx == 0);
+                let inline = if has0 {
+                    None
+                } else {
+                    self.meta.inline_data(ino)?
+                };
+                self.meta
+                    .update_file(&inode, &new, keep, inline.as_deref())?;
+            }
+            for (name, _) in staged {
+                wb.drop_staging(&name);
+            }
+            files += 1;
+        }
+        tracing::info!("recovered staged data of {files} files from an earlier crash");
+        self.commit()?;
+        Ok(files)
     }
 }
 

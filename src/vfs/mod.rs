@@ -13,9 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 pub use error::{Result, VfsError};
-use files::OpenFile;
+use files::{OpenFile, WriteBack};
 
-use crate::data::ChunkStore;
+use crate::data::{ChunkStore, Staging};
 use crate::meta::remote::RemoteMeta;
 use crate::meta::{FileKind, Ino, Inode, SqliteMeta};
 
@@ -104,8 +104,8 @@ pub struct Vfs {
     meta: Arc<SqliteMeta>,
     data: Arc<ChunkStore>,
     remote: Arc<RemoteMeta>,
-    /// Per-inode state of files that are open (or being truncated).
-    open: Mutex<HashMap<Ino, Arc<OpenFile>>>,
+    /// Per-inode state of open files and of files with uploads pending (write-back).
+    wb: Arc<WriteBack>,
     handles: Mutex<HashMap<u64, Ino>>,
     next_fh: AtomicU64,
     committed_gen: AtomicU64,
@@ -120,8 +120,14 @@ pub struct Vfs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VfsStats {
     pub open_files: usize,
-    /// Bytes written but not yet uploaded (dirty chunk buffers of open files).
+    /// Bytes written but not yet in the store (staged on local disk).
     pub dirty_bytes: u64,
+    /// Files with data staged and not yet uploaded.
+    pub files_waiting: usize,
+    /// Chunks sealed and queued for or being uploaded.
+    pub uploads_in_flight: u64,
+    /// Bytes in local staging files (sealed with the staging key).
+    pub staged_bytes: u64,
     /// Whether the metadata has changes not yet committed to the store.
     pub uncommitted: bool,
     pub last_commit_ns: Option<i64>,
@@ -132,14 +138,15 @@ impl Vfs {
         meta: Arc<SqliteMeta>,
         data: Arc<ChunkStore>,
         remote: Arc<RemoteMeta>,
+        staging: Arc<Staging>,
         read_only: bool,
         in_sync: bool,
     ) -> Result<Self> {
         let vfs = Vfs {
+            wb: Arc::new(WriteBack::new(meta.clone(), data.clone(), staging)),
             meta,
             data,
             remote,
-            open: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             committed_gen: AtomicU64::new(u64::MAX),
@@ -181,7 +188,7 @@ impl Vfs {
             rdev: inode.rdev,
         };
         if inode.kind == FileKind::File {
-            if let Some(of) = self.open.lock().get(&inode.ino).cloned() {
+            if let Some(of) = self.wb.open.lock().get(&inode.ino).cloned() {
                 of.overlay(&mut a);
             }
         }
@@ -304,7 +311,7 @@ impl Vfs {
 
     /// Delete an inode that lost its last name, unless it is still open.
     fn maybe_delete(&self, i: Inode) -> Result<()> {
-        if i.nlink == 0 && !self.open.lock().contains_key(&i.ino) {
+        if i.nlink == 0 && self.wb.discard_unopened(i.ino) {
             self.meta.delete_inode(i.ino)?;
         }
         Ok(())
@@ -383,16 +390,14 @@ impl Vfs {
         if let Some(t) = s.mtime {
             i.mtime = resolve(t);
             changed = true;
-            if let Some(of) = self.open.lock().get(&ino).cloned() {
+            if let Some(of) = self.wb.open.lock().get(&ino).cloned() {
                 of.set_mtime(i.mtime);
             }
         }
         if changed {
             i.ctime = now;
-            // Size is owned by the open-file state while the file is open.
-            if let Some(of) = self.open.lock().get(&ino).cloned() {
-                i.size = of.size();
-            }
+            // The recorded size stays as write-back left it: it never covers chunks whose
+            // upload is still pending (the open-file state shows the full size meanwhile).
             self.meta.put_inode(&i)?;
         }
         self.getattr(ino)
@@ -548,28 +553,41 @@ impl Vfs {
     /// Flush every open file and commit: used by syncfs, the periodic timer and unmount.
     pub fn sync_all(&self) -> Result<()> {
         let files: Vec<(Ino, Arc<OpenFile>)> = self
+            .wb
             .open
             .lock()
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
         for (ino, of) in files {
-            self.flush_file(ino, &of)?;
+            self.flush_and_wait(ino, &of)?;
         }
         self.commit()
     }
 
     /// Called once when the filesystem is unmounted: everything reaches the store.
     pub fn shutdown(&self) -> Result<()> {
-        self.sync_all()
+        self.sync_all()?;
+        // Deletes of superseded uploads finish too, so nothing runs after unmount.
+        self.data.wait_idle();
+        Ok(())
     }
 
     pub fn stats(&self) -> VfsStats {
-        let files: Vec<Arc<OpenFile>> = self.open.lock().values().cloned().collect();
+        let files: Vec<Arc<OpenFile>> = self.wb.open.lock().values().cloned().collect();
         let last = self.last_commit_ns.load(Ordering::SeqCst);
+        let (mut uploads, mut waiting) = (0, 0);
+        for f in &files {
+            let (n, pending) = f.uploads();
+            uploads += n;
+            waiting += pending as usize;
+        }
         VfsStats {
             open_files: self.handles.lock().len(),
             dirty_bytes: files.iter().map(|f| f.dirty_bytes()).sum(),
+            files_waiting: waiting,
+            uploads_in_flight: uploads,
+            staged_bytes: self.wb.staging.bytes(),
             uncommitted: self.meta.generation() != self.committed_gen.load(Ordering::SeqCst),
             last_commit_ns: (last != 0).then_some(last),
         }
