@@ -364,7 +364,8 @@ fn fsync_is_visible_to_a_read_only_mount_that_follows() {
     write_file(&w.vfs, "second", b"two");
     assert!(!r.vfs.follow().unwrap());
     assert!(read(&r.vfs, "second").is_none());
-    w.vfs.commit().unwrap();
+    // sync_all, not commit: a commit records only chunks whose background upload finished.
+    w.vfs.sync_all().unwrap();
     assert!(r.vfs.follow().unwrap());
     assert_eq!(read(&r.vfs, "second").unwrap(), b"two");
     assert_eq!(&read(&r.vfs, "synced").unwrap()[..7], b"CHANGED");
