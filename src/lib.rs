@@ -8,5 +8,6 @@ pub mod crypto;
 pub mod data;
 pub mod fuse;
 pub mod meta;
+pub mod rekey;
 pub mod vfs;
 pub mod volume;

@@ -48,6 +48,7 @@ fn main() {
         cli::Command::Manpage => cli::gen::manpage(),
         cli::Command::Key(a) => cli::key::run(a),
         cli::Command::Passwd(a) => cli::passwd::run(a),
+        cli::Command::Rekey(a) => cli::rekey::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {}", error_chain(&e));

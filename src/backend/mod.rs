@@ -3,6 +3,7 @@
 //! Nothing above this module knows which store it talks to. Keys are plain
 //! strings made of `[a-z0-9/._-]`; values are opaque byte strings.
 
+pub mod kms;
 pub mod local;
 pub mod memory;
 pub mod retry;

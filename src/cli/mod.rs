@@ -7,13 +7,15 @@ pub mod gen;
 pub mod helper;
 pub mod init;
 pub mod key;
+pub mod kms;
 pub mod metrics;
 pub mod mount;
 pub mod notify;
 pub mod passcmd;
 pub mod passwd;
-#[allow(dead_code)] // wired into unmount, fsck, gc and rekey as they land
+#[allow(dead_code)] // Items, set_position, set_length: for unmount, fsck and gc as they land
 pub mod progress;
+pub mod rekey;
 pub mod s3opts;
 pub mod status;
 pub mod ui;
@@ -74,6 +76,8 @@ pub enum Command {
     Key(key::KeyCmd),
     /// Change a passphrase (rewrites its key slot only; data is not re-encrypted).
     Passwd(passwd::PasswdArgs),
+    /// New master key: re-encrypt every chunk and metadata record (resumable; revokes old keys).
+    Rekey(rekey::RekeyArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -101,6 +105,13 @@ pub struct KeyArgs {
     /// Run CMD (with sh -c) and use the first line it prints as the passphrase.
     #[arg(long, value_name = "CMD", conflicts_with_all = ["keyfile", "passphrase_file"])]
     pub passphrase_command: Option<String>,
+    /// Unlock with a KMS key slot (one KMS Decrypt). Also automatic when no passphrase or
+    /// keyfile is given and the volume has a KMS slot.
+    #[arg(long, conflicts_with_all = ["keyfile", "passphrase_file", "passphrase_command"])]
+    pub kms: bool,
+    /// KMS endpoint URL (default: AWS_ENDPOINT_URL_KMS, AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, value_name = "URL", env = "CRYPTBUCKET_KMS_ENDPOINT")]
+    pub kms_endpoint: Option<String>,
 }
 
 /// The new secret for `key add` and `passwd`.
@@ -112,6 +123,9 @@ pub struct NewKeyArgs {
     /// (key add) Add a keyfile slot; FILE is created (32 random bytes, mode 0600) if missing.
     #[arg(long)]
     pub new_keyfile: Option<PathBuf>,
+    /// (key add) Add an AWS KMS slot under this key (ARN, key id or alias/NAME).
+    #[arg(long, value_name = "ARN", conflicts_with_all = ["new_keyfile", "new_passphrase_file"])]
+    pub kms_key_id: Option<String>,
 }
 
 pub enum StoreLocation {
@@ -199,7 +213,7 @@ fn read_secret_file(path: &PathBuf, what: &str) -> Result<Zeroizing<Vec<u8>>> {
 }
 
 /// Read a keyfile, or (with `create`) make a new random one, mode 0600, if it does not exist.
-fn keyfile_source(path: &PathBuf, create: bool) -> Result<KeySource> {
+pub fn keyfile_source(path: &PathBuf, create: bool) -> Result<KeySource> {
     if !path.exists() && create {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -231,7 +245,7 @@ fn keyfile_source(path: &PathBuf, create: bool) -> Result<KeySource> {
 }
 
 /// The first line of a passphrase file.
-fn passphrase_file(path: &PathBuf) -> Result<KeySource> {
+pub fn passphrase_file(path: &PathBuf) -> Result<KeySource> {
     let bytes = read_secret_file(path, "passphrase file")?;
     let text = String::from_utf8(bytes.to_vec())
         .map_err(|_| anyhow::anyhow!("passphrase file {} is not UTF-8", path.display()))?;
