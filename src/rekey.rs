@@ -165,6 +165,39 @@ pub fn rekey(
         .unlock_slot(req.source)
         .map_err(|e| header_error(&desc, &stored.bytes, e))?;
     let cur_keys = Arc::new(cur_keys);
+    // Before anything is written: refused while the volume is mounted.
+    let lease = Arc::new(Lease::acquire(
+        store.clone(),
+        cur_keys.clone(),
+        rt.handle().clone(),
+        &req.holder,
+        DEFAULT_LEASE_TTL,
+        false,
+    )?);
+    let released = std::cell::Cell::new(false);
+    let res = run(
+        rt, store, req, &stored, &header, used, cur_keys, &lease, &released, on,
+    );
+    if !released.get() {
+        lease.release();
+    }
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<dyn ObjectStore>,
+    req: &RekeyRequest<'_>,
+    stored: &crate::admin::StoredHeader,
+    header: &Header,
+    used: usize,
+    cur_keys: Arc<VolumeKeys>,
+    lease: &Arc<Lease>,
+    released: &std::cell::Cell<bool>,
+    on: &mut dyn FnMut(RekeyEvent),
+) -> Result<RekeyReport> {
+    let desc = store.describe();
     let mut report = RekeyReport {
         slots: header.slot_count(),
         ..Default::default()
@@ -185,7 +218,9 @@ pub fn rekey(
             report.deleted_old = n;
             return Ok(report);
         }
-        return start(rt, store, req, &stored, &header, used, cur_keys, report, on);
+        return start(
+            rt, store, req, stored, header, used, cur_keys, lease, released, report, on,
+        );
     };
     report.resumed = true;
     on(RekeyEvent::Step("resuming the rekey in progress".into()));
@@ -195,16 +230,10 @@ pub fn rekey(
         .unlock(psrc.as_ref().unwrap_or(req.source))
         .map_err(|e| header_error(&format!("{desc} ({PENDING_HEADER_KEY})"), &pending, e))?;
     report.slots = ph.slot_count();
+    let new_keys = Arc::new(new_keys);
+    let pending = pending.to_vec();
     finish(
-        rt,
-        store,
-        req,
-        &stored,
-        pending.to_vec(),
-        cur_keys,
-        Arc::new(new_keys),
-        report,
-        on,
+        rt, store, stored, pending, cur_keys, new_keys, lease, released, report, on,
     )
 }
 
@@ -217,6 +246,8 @@ fn start(
     header: &Header,
     used: usize,
     cur_keys: Arc<VolumeKeys>,
+    lease: &Arc<Lease>,
+    released: &std::cell::Cell<bool>,
     mut report: RekeyReport,
     on: &mut dyn FnMut(RekeyEvent),
 ) -> Result<RekeyReport> {
@@ -290,16 +321,9 @@ fn start(
         Err(BackendError::PreconditionFailed(_)) => return Err(VolumeError::HeaderChanged(desc)),
         Err(e) => return Err(VolumeError::Store(desc, e)),
     }
+    let new_keys = Arc::new(new_keys);
     finish(
-        rt,
-        store,
-        req,
-        stored,
-        bytes,
-        cur_keys,
-        Arc::new(new_keys),
-        report,
-        on,
+        rt, store, stored, bytes, cur_keys, new_keys, lease, released, report, on,
     )
 }
 
@@ -307,11 +331,12 @@ fn start(
 fn finish(
     rt: &tokio::runtime::Runtime,
     store: &Arc<dyn ObjectStore>,
-    req: &RekeyRequest<'_>,
     stored: &crate::admin::StoredHeader,
     pending: Vec<u8>,
     cur_keys: Arc<VolumeKeys>,
     new_keys: Arc<VolumeKeys>,
+    lease: &Arc<Lease>,
+    released: &std::cell::Cell<bool>,
     mut report: RekeyReport,
     on: &mut dyn FnMut(RekeyEvent),
 ) -> Result<RekeyReport> {
@@ -322,14 +347,6 @@ fn finish(
             format!("{PENDING_HEADER_KEY} belongs to another volume"),
         ));
     }
-    let lease = Arc::new(Lease::acquire(
-        store.clone(),
-        cur_keys.clone(),
-        rt.handle().clone(),
-        &req.holder,
-        DEFAULT_LEASE_TTL,
-        false,
-    )?);
     let mut progress = read_progress(rt, store, &new_keys)?.unwrap_or_default();
     if !progress.committed {
         reseal_and_commit(
@@ -337,14 +354,16 @@ fn finish(
             store,
             &cur_keys,
             &new_keys,
-            &lease,
+            lease,
             &mut progress,
             &mut report,
             on,
         )?;
     }
     on(RekeyEvent::Step("switching to the new header".into()));
+    // The lease record is sealed with the old key: drop it before that key goes away.
     lease.release();
+    released.set(true);
     write_header(rt, store, stored, pending)?;
     rt.block_on(store.delete(PENDING_HEADER_KEY))
         .map_err(st(&desc))?;
