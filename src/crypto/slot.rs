@@ -411,4 +411,70 @@ mod tests {
         j.nonce.truncate(46);
         assert!(matches!(Slot::from_json(&j), Err(CryptoError::Format(_))));
     }
+
+    fn kms(blob: u8, dk: u8) -> KeySource {
+        KeySource::Kms(
+            super::super::KmsKey::new(
+                "alias/test".into(),
+                vec![blob; 40],
+                Zeroizing::new(vec![dk; 32]),
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn kms_slots() {
+        let k = keys();
+        let p = k.params().clone();
+        let s = Slot::create(&k, &kms(1, 2), Argon2Params::MINIMUM).unwrap();
+        let j = s.to_json();
+        assert_eq!(j.kind, "kms");
+        assert!(j.kdf.is_none());
+        assert_eq!(j.kms_key_id.as_deref(), Some("alias/test"));
+        let s = Slot::from_json(&j).unwrap();
+        let u = s.try_unlock(&kms(1, 2), [6; 16], &p).unwrap().unwrap();
+        assert_eq!(*u.master, *k.master);
+        // Another data key for the same blob, or another blob, does not open it.
+        assert!(s.try_unlock(&kms(1, 3), [6; 16], &p).unwrap().is_none());
+        assert!(s.try_unlock(&kms(9, 2), [6; 16], &p).unwrap().is_none());
+        assert!(s.try_unlock(&pass("pw"), [6; 16], &p).unwrap().is_none());
+        // Fields are required for kms slots and refused elsewhere.
+        let mut bad = j.clone();
+        bad.kms_blob = None;
+        assert!(matches!(Slot::from_json(&bad), Err(CryptoError::Format(_))));
+        let mut bad = j.clone();
+        bad.kms_key_id = Some(String::new());
+        assert!(matches!(Slot::from_json(&bad), Err(CryptoError::Format(_))));
+        let mut bad = j.clone();
+        bad.kms_blob = Some("ab".repeat(MAX_KMS_BLOB_LEN + 1));
+        assert!(matches!(Slot::from_json(&bad), Err(CryptoError::Format(_))));
+        let mut pj = Slot::create(&k, &pass("pw"), Argon2Params::MINIMUM)
+            .unwrap()
+            .to_json();
+        pj.kms_key_id = j.kms_key_id.clone();
+        pj.kms_blob = j.kms_blob.clone();
+        assert!(matches!(Slot::from_json(&pj), Err(CryptoError::Format(_))));
+        // A data key of the wrong size is refused up front.
+        assert!(
+            super::super::KmsKey::new("k".into(), vec![1], Zeroizing::new(vec![0; 16])).is_err()
+        );
+    }
+
+    #[test]
+    fn handoff_round_trip() {
+        for src in [
+            pass("pässword"),
+            KeySource::Keyfile(Zeroizing::new(vec![7; 33])),
+            kms(4, 5),
+        ] {
+            let b = src.handoff_bytes();
+            let back = KeySource::from_handoff(&b).unwrap();
+            assert_eq!(*back.handoff_bytes(), *b);
+            assert_eq!(back.kind(), src.kind());
+        }
+        assert!(KeySource::from_handoff(b"").is_err());
+        assert!(KeySource::from_handoff(b"M\x05\x00ab").is_err());
+        assert!(!format!("{:?}", kms(4, 5)).contains("5, 5"));
+    }
 }
