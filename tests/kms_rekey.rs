@@ -183,6 +183,74 @@ fn read_file(v: &volume::Volume, name: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A TCP proxy on 127.0.0.1 in front of `upstream` that counts KMS operations in the
+/// requests passing through (by their `X-Amz-Target: TrentService.<Op>` header), so calls
+/// made by any process — the mount's parent and its daemon — are counted.
+fn counting_proxy(upstream: &str) -> (String, Arc<Mutex<Vec<String>>>) {
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut client) = conn else { return };
+            let Ok(mut server) = std::net::TcpStream::connect(&upstream) else {
+                return;
+            };
+            let (mut c2, mut s2) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Both);
+            });
+            let seen = seen2.clone();
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut window: Vec<u8> = Vec::new();
+                let mut buf = [0u8; 16384];
+                const NEEDLE: &[u8] = b"TrentService.";
+                loop {
+                    let n = match client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    window.extend_from_slice(&buf[..n]);
+                    // Count complete `TrentService.<Op>` tokens; keep an unfinished tail.
+                    let mut start = 0;
+                    while let Some(pos) = window[start..]
+                        .windows(NEEDLE.len())
+                        .position(|w| w == NEEDLE)
+                    {
+                        let op_start = start + pos + NEEDLE.len();
+                        let Some(end) = window[op_start..]
+                            .iter()
+                            .position(|b| !b.is_ascii_alphanumeric())
+                        else {
+                            break;
+                        };
+                        let op = String::from_utf8_lossy(&window[op_start..op_start + end]);
+                        seen.lock().expect("lock").push(op.into_owned());
+                        start = op_start + end;
+                    }
+                    let keep = window.len().saturating_sub(start).min(64);
+                    window.drain(..window.len() - keep);
+                }
+                let _ = server.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
 fn kms_cmd(vol: &Volume, ep: &str, sub: &[&str]) -> std::process::Command {
     let mut c = vol.cmd(sub[0], &sub[1..]);
     c.args(["--kms-endpoint", ep]);
@@ -345,10 +413,11 @@ fn init_with_kms_and_mount_with_it_alone() {
     let dir = tempdir();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
+    let (proxy, seen) = counting_proxy(&ep);
     let m = {
         let mut c = kms_cmd(
             &vol,
-            &ep,
+            &proxy,
             &["mount", &vol.store, mnt.to_str().expect("utf8")],
         );
         c.arg("--cache-dir").arg(dir.path().join("cache"));
@@ -356,9 +425,15 @@ fn init_with_kms_and_mount_with_it_alone() {
         o.assert_ok();
         common::Mount::adopt(&mnt, &dir.path().join("cache"))
     };
-    std::fs::write(mnt.join("hello"), b"kms").expect("write through the mount");
-    assert_eq!(std::fs::read(mnt.join("hello")).expect("read"), b"kms");
+    assert!(common::is_mounted(&mnt));
+    for i in 0..20 {
+        let name = mnt.join(format!("f{i}"));
+        std::fs::write(&name, data(70_000, i)).expect("write through the mount");
+        assert_eq!(std::fs::read(&name).expect("read"), data(70_000, i));
+    }
     m.unmount();
+    // The whole mount (parent and daemon, 20 files written and read) made one KMS call.
+    assert_eq!(*seen.lock().expect("lock"), vec!["Decrypt".to_string()]);
 }
 
 /// A local volume with `n` multi-chunk files (chunk size 64 KiB); returns the file contents.
