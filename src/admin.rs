@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::backend::kms::KmsClient;
 use crate::backend::{BackendError, ObjectStore, PutMode};
-use crate::crypto::{Argon2Params, Header, KeySource, VolumeKeys};
+use crate::crypto::{Argon2Params, Header, KeySource, KmsSlotRef, VolumeKeys};
 use crate::volume::{header_error, Result, VolumeError, HEADER_BACKUP_KEY, HEADER_KEY};
 
 /// The header as read from the store, with what is needed to replace it safely.
@@ -176,6 +177,83 @@ pub fn change_passphrase(
     let bytes = header.with_replaced_slot(&keys, index, new, kdf)?;
     write_header(rt, store, &stored, bytes)?;
     Ok(index)
+}
+
+/// Add a KMS slot: one GenerateDataKey under `key_id` (AES_256); the data key wraps the
+/// master key. Returns the new slot's index.
+pub fn add_kms_slot(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<dyn ObjectStore>,
+    kms: &KmsClient,
+    current: &KeySource,
+    key_id: &str,
+) -> Result<usize> {
+    let stored = load_header(rt, store)?;
+    let (header, _, keys) = unlock(store, &stored, current)?;
+    let dk = rt
+        .block_on(kms.generate_data_key(key_id, &keys.volume_id()))
+        .map_err(|e| VolumeError::Store("KMS".into(), e))?;
+    let bytes = header.with_added_slot(&keys, &KeySource::Kms(dk), Argon2Params::MINIMUM)?;
+    write_header(rt, store, &stored, bytes)?;
+    Ok(header.slot_count())
+}
+
+/// The KMS slots of the volume in `store` (index, key id, blob), read without a key.
+pub fn kms_slots(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<dyn ObjectStore>,
+) -> Result<Vec<(usize, KmsSlotRef)>> {
+    let desc = store.describe();
+    let stored = load_header(rt, store)?;
+    let header = Header::parse(&stored.bytes).map_err(|e| header_error(&desc, &stored.bytes, e))?;
+    Ok(header.kms_slots())
+}
+
+/// Unlock material from a KMS slot: exactly one KMS Decrypt when it works (the first KMS
+/// slot, or the one whose key id is `prefer`); on failure the next KMS slot is tried, and
+/// if none works every failure is reported.
+pub fn kms_key_source(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<dyn ObjectStore>,
+    kms: &KmsClient,
+    prefer: Option<&str>,
+) -> Result<KeySource> {
+    let desc = store.describe();
+    let stored = load_header(rt, store)?;
+    let header = Header::parse(&stored.bytes).map_err(|e| header_error(&desc, &stored.bytes, e))?;
+    kms_source_for(rt, &header, kms, prefer, &desc)
+}
+
+fn kms_source_for(
+    rt: &tokio::runtime::Runtime,
+    header: &Header,
+    kms: &KmsClient,
+    prefer: Option<&str>,
+    desc: &str,
+) -> Result<KeySource> {
+    let mut slots = header.kms_slots();
+    if let Some(p) = prefer {
+        slots.retain(|(_, s)| s.key_id == p);
+    }
+    if slots.is_empty() {
+        return Err(VolumeError::Kms(match prefer {
+            Some(p) => format!("the volume in {desc} has no KMS key slot for key {p}"),
+            None => format!(
+                "the volume in {desc} has no KMS key slot (add one with `key add --kms-key-id`)"
+            ),
+        }));
+    }
+    let mut errors = Vec::new();
+    for (i, s) in &slots {
+        match rt.block_on(kms.decrypt(&s.key_id, &s.blob, &header.volume_id())) {
+            Ok(k) => return Ok(KeySource::Kms(k)),
+            Err(e) => errors.push(format!("slot {i} ({}): {e}", s.key_id)),
+        }
+    }
+    Err(VolumeError::Kms(format!(
+        "no KMS key slot of the volume in {desc} could be unlocked: {}",
+        errors.join("; ")
+    )))
 }
 
 #[cfg(test)]

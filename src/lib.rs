@@ -10,5 +10,6 @@ pub mod fsck;
 pub mod fuse;
 pub mod gc;
 pub mod meta;
+pub mod rekey;
 pub mod vfs;
 pub mod volume;

@@ -65,6 +65,7 @@ please report it; run with RUST_BACKTRACE=1 for details"
         cli::Command::Passwd(a) => cli::passwd::run(a),
         cli::Command::Fsck(a) => cli::fsck::run(a),
         cli::Command::Gc(a) => cli::gc::run(a),
+        cli::Command::Rekey(a) => cli::rekey::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {}", error_chain(&e));

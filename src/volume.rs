@@ -44,6 +44,8 @@ pub enum VolumeError {
     Local(PathBuf, std::io::Error),
     #[error("the cache directory {0} is in use by another cryptbucket mount")]
     CacheBusy(PathBuf),
+    #[error("{0}")]
+    Kms(String),
     #[error("the volume header in {0} changed while this command was editing it (another `key` or `passwd` command?); nothing was written: run the command again")]
     HeaderChanged(String),
 }
@@ -134,6 +136,19 @@ pub fn create_with_ext(
     kdf: Argon2Params,
     ext: serde_json::Map<String, serde_json::Value>,
 ) -> Result<String> {
+    create_with_id(rt, store, crypto::new_volume_id(), params, source, kdf, ext)
+}
+
+/// [`create_with_ext`] with a volume id chosen beforehand (a KMS first slot needs it).
+pub fn create_with_id(
+    rt: &tokio::runtime::Runtime,
+    store: Arc<dyn ObjectStore>,
+    volume_id: [u8; 16],
+    params: VolumeParams,
+    source: &KeySource,
+    kdf: Argon2Params,
+    ext: serde_json::Map<String, serde_json::Value>,
+) -> Result<String> {
     let desc = store.describe();
     let st = |e| VolumeError::Store(desc.clone(), e);
     for key in [HEADER_KEY, HEADER_BACKUP_KEY] {
@@ -143,7 +158,7 @@ pub fn create_with_ext(
             Err(e) => return Err(st(e)),
         }
     }
-    let (header, keys) = crypto::create_header_with_ext(params, source, kdf, ext)?;
+    let (header, keys) = crypto::create_header_with_id(volume_id, params, source, kdf, ext)?;
     match rt.block_on(store.put(HEADER_KEY, Bytes::from(header.clone()), PutMode::Create)) {
         Ok(_) => {}
         Err(BackendError::PreconditionFailed(_)) => return Err(VolumeError::AlreadyExists(desc)),

@@ -4,6 +4,7 @@
 //! strings made of `[a-z0-9/._-]`; values are opaque byte strings.
 
 pub mod fault;
+pub mod kms;
 pub mod local;
 pub mod memory;
 pub mod retry;

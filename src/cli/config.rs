@@ -43,6 +43,11 @@ pub struct VolumeConfig {
     pub passphrase_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub passphrase_command: Option<String>,
+    /// Unlock with the volume's KMS key slot (`--kms`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kms: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_other: bool,
     /// Unmount after this long idle ("15m", "1h30m"; see --idle-timeout).
@@ -106,13 +111,14 @@ impl Config {
 impl VolumeConfig {
     fn check(&self, name: &str, origin: &Path) -> Result<()> {
         let keys = [
+            self.kms,
             self.keyfile.is_some(),
             self.passphrase_file.is_some(),
             self.passphrase_command.is_some(),
         ];
         if keys.iter().filter(|k| **k).count() > 1 {
             bail!(UsageError(format!(
-                "in config file {}: volume `{name}` sets more than one of keyfile, passphrase_file, passphrase_command (pick one)",
+                "in config file {}: volume `{name}` sets more than one of kms, keyfile, passphrase_file, passphrase_command (pick one)",
                 origin.display()
             )));
         }
@@ -249,10 +255,14 @@ pub fn merge(
         || key.passphrase_file.is_some()
         || key.passphrase_command.is_some()
         || env_pass;
-    if !cli_key {
+    if !cli_key && !key.kms {
         key.keyfile = v.keyfile.clone();
         key.passphrase_file = v.passphrase_file.clone();
         key.passphrase_command = v.passphrase_command.clone();
+        key.kms = v.kms;
+    }
+    if key.kms_endpoint.is_none() {
+        key.kms_endpoint = v.kms_endpoint.clone();
     }
     Applied {
         cache_dir: v.cache_dir.clone(),

@@ -32,24 +32,19 @@ pub struct DeskArgs {
 }
 
 /// Whether the command line or the environment already chose a key source.
-fn explicit_key(args: &MountArgs) -> bool {
-    args.key.keyfile.is_some()
-        || args.key.passphrase_file.is_some()
-        || args.key.passphrase_command.is_some()
-        || std::env::var_os("CRYPTBUCKET_PASSPHRASE").is_some()
-}
-
 /// The key for `mount`: an explicit source, else a passphrase saved in the desktop keyring,
 /// else the prompt. Also what to save in the keyring once the mount works.
 pub fn mount_key(args: &MountArgs) -> Result<(KeySource, Option<Remember>)> {
     let account = keychain::account(&args.store);
-    if !explicit_key(args) && !args.desk.remember_passphrase {
+    if !super::kms::explicit_secret(&args.key) && !args.key.kms && !args.desk.remember_passphrase {
         if let Some(p) = keychain::lookup(&account) {
             tracing::info!("using the passphrase saved in the desktop keyring for {account}");
             return Ok((KeySource::Passphrase(p), None));
         }
     }
-    let key = key_source(&args.key, false, false)?;
+    // A KMS slot (with --kms, or when the volume has one and no secret was given), else
+    // the prompt.
+    let key = super::kms::resolve_key_once(&args.store, &args.key)?;
     let remember = match (&key, args.desk.remember_passphrase) {
         (KeySource::Passphrase(p), true) => Some(Remember {
             account,

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 
-use cryptbucket::crypto::{argon2_params_from_env, Cipher, VolumeParams};
+use cryptbucket::crypto::{argon2_params_from_env, Cipher, KeySource, VolumeParams};
 
 use super::{key_source, open_store, KeyArgs, StoreArgs};
 
@@ -19,13 +19,27 @@ pub struct InitArgs {
     /// Chunk size in bytes (default 4 MiB).
     #[arg(long)]
     pub chunk_size: Option<u32>,
+    /// Make the first key slot an AWS KMS slot under this key (ARN, key id or alias/NAME)
+    /// instead of a passphrase or keyfile.
+    #[arg(long, value_name = "ARN", conflicts_with_all = ["keyfile", "passphrase_file", "passphrase_command"])]
+    pub kms_key_id: Option<String>,
 }
 
 pub fn run(mut args: InitArgs) -> Result<()> {
     let name = args.store.store.clone();
     super::config::apply(&mut args.store, &mut args.key)?;
-    let key = key_source(&args.key, true, true)?;
     let rt = cryptbucket::volume::runtime()?;
+    let volume_id = cryptbucket::crypto::new_volume_id();
+    let key = match &args.kms_key_id {
+        Some(key_id) => {
+            let kms = super::kms::client(&rt, &args.store, &args.key, Some(key_id))?;
+            KeySource::Kms(
+                rt.block_on(kms.generate_data_key(key_id, &volume_id))
+                    .context("init failed: KMS GenerateDataKey")?,
+            )
+        }
+        None => key_source(&args.key, true, true)?,
+    };
     let store = open_store(&rt, &args.store, true)?;
     let mut params = VolumeParams::default();
     if let Some(c) = args.cipher {
@@ -39,9 +53,10 @@ pub fn run(mut args: InitArgs) -> Result<()> {
     if let Some(mode) = &sse {
         mode.to_ext(&mut ext)?;
     }
-    let id = cryptbucket::volume::create_with_ext(
+    let id = cryptbucket::volume::create_with_id(
         &rt,
         store.clone(),
+        volume_id,
         params.clone(),
         &key,
         argon2_params_from_env(),

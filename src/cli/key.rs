@@ -5,7 +5,8 @@ use clap::{Args, Subcommand};
 
 use cryptbucket::crypto::argon2_params_from_env;
 
-use super::{key_source, new_key_source, open_store, KeyArgs, NewKeyArgs, StoreArgs};
+use super::kms::resolve_key;
+use super::{new_key_source, open_store, KeyArgs, NewKeyArgs, StoreArgs};
 
 #[derive(Args, Debug)]
 pub struct KeyCmd {
@@ -20,7 +21,8 @@ pub enum KeySub {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Add a key slot (a passphrase or a keyfile); the current key unlocks the volume.
+    /// Add a key slot (a passphrase, a keyfile, or AWS KMS with --kms-key-id); the current
+    /// key unlocks the volume.
     Add {
         #[command(flatten)]
         store: StoreArgs,
@@ -68,22 +70,33 @@ pub fn run(args: KeyCmd) -> Result<()> {
             let s = open_store(&rt, &store, false)?;
             let slots = cryptbucket::admin::list_slots(&rt, &s)?;
             println!("volume in {}: {} key slot(s)", s.describe(), slots.len());
+            let kms = cryptbucket::admin::kms_slots(&rt, &s)?;
             for slot in slots {
-                println!("  slot {}: {}", slot.index, slot.kind);
+                match kms.iter().find(|(i, _)| *i == slot.index) {
+                    Some((_, k)) => println!("  slot {}: kms ({})", slot.index, k.key_id),
+                    None => println!("  slot {}: {}", slot.index, slot.kind),
+                }
             }
         }
         KeySub::Add { store, key, new } => {
-            let current = key_source(&key, false, false)?;
-            let new = new_key_source(&new, true)?;
             let s = open_store(&rt, &store, false)?;
+            let current = resolve_key(&rt, &s, &store, &key)?;
+            if let Some(key_id) = &new.kms_key_id {
+                let kms = super::kms::client(&rt, &store, &key, Some(key_id))?;
+                let index = cryptbucket::admin::add_kms_slot(&rt, &s, &kms, &current, key_id)
+                    .context("key add failed")?;
+                println!("added key slot {index} (kms, key {key_id})");
+                return Ok(());
+            }
+            let new = new_key_source(&new, true)?;
             let index =
                 cryptbucket::admin::add_slot(&rt, &s, &current, &new, argon2_params_from_env())
                     .context("key add failed")?;
             println!("added key slot {index} ({})", new.kind());
         }
         KeySub::Remove { store, slot, key } => {
-            let current = key_source(&key, false, false)?;
             let s = open_store(&rt, &store, false)?;
+            let current = resolve_key(&rt, &s, &store, &key)?;
             let own = cryptbucket::admin::remove_slot(&rt, &s, &current, slot)
                 .context("key remove failed")?;
             println!("removed key slot {slot}");

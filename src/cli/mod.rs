@@ -13,12 +13,14 @@ pub mod idle;
 pub mod init;
 pub mod key;
 pub mod keychain;
+pub mod kms;
 pub mod metrics;
 pub mod mount;
 pub mod notify;
 pub mod passcmd;
 pub mod passwd;
 pub mod progress;
+pub mod rekey;
 pub mod s3opts;
 pub mod status;
 pub mod testhooks;
@@ -87,6 +89,8 @@ pub enum Command {
     Fsck(fsck::FsckArgs),
     /// Delete chunk objects nothing references (older than a safety delay).
     Gc(gc::GcArgs),
+    /// New master key: re-encrypt every chunk and metadata record (resumable; revokes old keys).
+    Rekey(rekey::RekeyArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -137,6 +141,13 @@ pub struct KeyArgs {
     /// Run CMD (with sh -c) and use the first line it prints as the passphrase.
     #[arg(long, value_name = "CMD", conflicts_with_all = ["keyfile", "passphrase_file"])]
     pub passphrase_command: Option<String>,
+    /// Unlock with a KMS key slot (one KMS Decrypt). Also automatic when no passphrase or
+    /// keyfile is given and the volume has a KMS slot.
+    #[arg(long, conflicts_with_all = ["keyfile", "passphrase_file", "passphrase_command"])]
+    pub kms: bool,
+    /// KMS endpoint URL (default: AWS_ENDPOINT_URL_KMS, AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, value_name = "URL", env = "CRYPTBUCKET_KMS_ENDPOINT")]
+    pub kms_endpoint: Option<String>,
 }
 
 /// The new secret for `key add` and `passwd`.
@@ -148,6 +159,9 @@ pub struct NewKeyArgs {
     /// (key add) Add a keyfile slot; FILE is created (32 random bytes, mode 0600) if missing.
     #[arg(long)]
     pub new_keyfile: Option<PathBuf>,
+    /// (key add) Add an AWS KMS slot under this key (ARN, key id or alias/NAME).
+    #[arg(long, value_name = "ARN", conflicts_with_all = ["new_keyfile", "new_passphrase_file"])]
+    pub kms_key_id: Option<String>,
 }
 
 pub enum StoreLocation {
@@ -240,7 +254,7 @@ fn read_secret_file(path: &PathBuf, what: &str) -> Result<Zeroizing<Vec<u8>>> {
 }
 
 /// Read a keyfile, or (with `create`) make a new random one, mode 0600, if it does not exist.
-fn keyfile_source(path: &PathBuf, create: bool) -> Result<KeySource> {
+pub fn keyfile_source(path: &PathBuf, create: bool) -> Result<KeySource> {
     if !path.exists() && create {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -272,7 +286,7 @@ fn keyfile_source(path: &PathBuf, create: bool) -> Result<KeySource> {
 }
 
 /// The first line of a passphrase file.
-fn passphrase_file(path: &PathBuf) -> Result<KeySource> {
+pub fn passphrase_file(path: &PathBuf) -> Result<KeySource> {
     let bytes = read_secret_file(path, "passphrase file")?;
     let text = String::from_utf8(bytes.to_vec())
         .map_err(|_| {

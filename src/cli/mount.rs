@@ -155,12 +155,7 @@ fn spawn_daemon(mnt: &Path, key: KeySource) -> Result<()> {
     let mut child = cmd.spawn().context("cannot start the mount daemon")?;
     {
         let mut stdin = child.stdin.take().context("daemon stdin")?;
-        let (tag, bytes): (u8, &[u8]) = match &key {
-            KeySource::Passphrase(p) => (b'P', p.as_bytes()),
-            KeySource::Keyfile(k) => (b'K', k.as_slice()),
-        };
-        stdin.write_all(&[tag])?;
-        stdin.write_all(bytes)?;
+        stdin.write_all(&key.handoff_bytes())?;
     }
     let stdout = child.stdout.take().context("daemon stdout")?;
     let mut line = String::new();
@@ -191,13 +186,7 @@ fn spawn_daemon(mnt: &Path, key: KeySource) -> Result<()> {
 fn read_key_from_stdin() -> Result<KeySource> {
     let mut buf = Zeroizing::new(Vec::new());
     std::io::stdin().read_to_end(&mut buf)?;
-    match buf.split_first() {
-        Some((b'P', rest)) => Ok(KeySource::Passphrase(Zeroizing::new(
-            String::from_utf8(rest.to_vec()).context("passphrase is not UTF-8")?,
-        ))),
-        Some((b'K', rest)) => Ok(KeySource::Keyfile(Zeroizing::new(rest.to_vec()))),
-        _ => bail!("no key received from the parent process"),
-    }
+    KeySource::from_handoff(&buf).context("no key received from the parent process")
 }
 
 pub fn runtime_dir() -> PathBuf {

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use super::slot::{Slot, SlotJson};
+use super::slot::{KmsSlotRef, Slot, SlotJson};
 use super::{
     hex_array, random_array, Argon2Params, CryptoError, KeySource, VolumeKeys, VolumeParams,
     FORMAT_VERSION,
@@ -153,6 +153,52 @@ impl Header {
         self.slots.len()
     }
 
+    /// The volume id (unauthenticated until [`Header::unlock`] succeeded).
+    pub fn volume_id(&self) -> [u8; 16] {
+        self.volume_id
+    }
+
+    /// The KMS slots: index, key id and the ciphertext blob to hand to KMS Decrypt.
+    pub fn kms_slots(&self) -> Vec<(usize, KmsSlotRef)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.kms.clone().map(|k| (i, k)))
+            .collect()
+    }
+
+    /// A header for a fresh master key (`rekey`): same volume id, parameters, creation time
+    /// and extension fields; one slot per `(old slot index, new source)`, a passphrase slot
+    /// keeping the Argon2 parameters of the old slot it replaces (`kdf` for new ones).
+    /// `keys` must unlock this header. Returns the new header bytes and the new keys.
+    pub fn rekeyed(
+        &self,
+        keys: &VolumeKeys,
+        sources: &[(Option<usize>, &KeySource)],
+        kdf: Argon2Params,
+    ) -> Result<(Vec<u8>, VolumeKeys), CryptoError> {
+        self.verify_mac(keys)?;
+        if sources.is_empty() || sources.len() > MAX_SLOTS {
+            return Err(CryptoError::InvalidArgument(format!(
+                "a rekeyed header needs 1..={MAX_SLOTS} key slots"
+            )));
+        }
+        let master = Zeroizing::new(random_array::<32>());
+        let new = VolumeKeys::derive(master, self.volume_id, self.params.clone());
+        let mut slots = Vec::with_capacity(sources.len());
+        for (old, source) in sources {
+            let k = old
+                .and_then(|i| self.slots.get(i))
+                .and_then(|s| s.kdf())
+                .unwrap_or(kdf);
+            slots.push(Slot::create(&new, source, k)?);
+        }
+        Ok((
+            build(&new, self.created_unix, &slots, self.ext.clone())?,
+            new,
+        ))
+    }
+
     /// Try every slot of the source's kind; on the first that unwraps the master key and
     /// passes the key commitment, verify the header MAC. Returns the slot index and keys.
     pub fn unlock_slot(&self, source: &KeySource) -> Result<(usize, VolumeKeys), CryptoError> {
@@ -287,13 +333,26 @@ pub fn create_header_with_ext(
     kdf: Argon2Params,
     ext: Map<String, Value>,
 ) -> Result<(Vec<u8>, VolumeKeys), CryptoError> {
+    create_header_with_id(random_array(), params, source, kdf, ext)
+}
+
+/// [`create_header_with_ext`] for a volume id chosen beforehand (a KMS first slot binds its
+/// data key to the volume id through the KMS encryption context, so the id must exist
+/// before the data key does). Use [`new_volume_id`].
+pub fn create_header_with_id(
+    volume_id: [u8; 16],
+    params: VolumeParams,
+    source: &KeySource,
+    kdf: Argon2Params,
+    ext: Map<String, Value>,
+) -> Result<(Vec<u8>, VolumeKeys), CryptoError> {
     params.check().map_err(|e| match e {
         CryptoError::Format(m) => CryptoError::InvalidArgument(m),
         other => other,
     })?;
     kdf.check()?;
     let master = Zeroizing::new(random_array::<32>());
-    let keys = VolumeKeys::derive(master, random_array(), params);
+    let keys = VolumeKeys::derive(master, volume_id, params);
     let slot = Slot::create(&keys, source, kdf)?;
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -301,6 +360,11 @@ pub fn create_header_with_ext(
         .unwrap_or(0);
     let bytes = build(&keys, created, &[slot], ext)?;
     Ok((bytes, keys))
+}
+
+/// A fresh random volume id.
+pub fn new_volume_id() -> [u8; 16] {
+    random_array()
 }
 
 /// Parse (bounds-checking everything before use), try each slot matching the source kind,

@@ -60,18 +60,135 @@ impl std::fmt::Display for ChunkId {
 /// - `Keyfile`: the whole file's bytes (any length >= 16; 32 random bytes recommended, see
 ///   [`generate_keyfile_bytes`]) go through HKDF-SHA256 with the slot's salt, so any file of
 ///   enough entropy works, but a short or guessable file is as weak as its content.
+/// - `Kms`: a data key that AWS KMS returned for one KMS slot (GenerateDataKey when the
+///   slot is made, Decrypt of the slot's stored ciphertext blob at unlock).
 pub enum KeySource {
     Passphrase(Zeroizing<String>),
     Keyfile(Zeroizing<Vec<u8>>),
+    Kms(KmsKey),
 }
 
 impl KeySource {
-    /// Slot kind name: "passphrase" or "keyfile".
+    /// Slot kind name: "passphrase", "keyfile" or "kms".
     pub fn kind(&self) -> &'static str {
         match self {
             KeySource::Passphrase(_) => "passphrase",
             KeySource::Keyfile(_) => "keyfile",
+            KeySource::Kms(_) => "kms",
         }
+    }
+
+    /// Bytes that hand this source to another process of ours (the mount daemon, over a
+    /// pipe): a tag byte, then the secret. Zeroized on drop.
+    pub fn handoff_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let mut v = Zeroizing::new(Vec::new());
+        match self {
+            KeySource::Passphrase(p) => {
+                v.push(b'P');
+                v.extend_from_slice(p.as_bytes());
+            }
+            KeySource::Keyfile(k) => {
+                v.push(b'K');
+                v.extend_from_slice(k);
+            }
+            KeySource::Kms(k) => {
+                // 'M', key id length (u16 LE), key id, data key (32), blob.
+                v.push(b'M');
+                let id = k.key_id.as_bytes();
+                v.extend_from_slice(&(id.len() as u16).to_le_bytes());
+                v.extend_from_slice(id);
+                v.extend_from_slice(k.data_key.as_ref());
+                v.extend_from_slice(&k.blob);
+            }
+        }
+        v
+    }
+
+    /// The inverse of [`KeySource::handoff_bytes`].
+    pub fn from_handoff(bytes: &[u8]) -> Result<KeySource, CryptoError> {
+        let bad = || CryptoError::InvalidArgument("malformed key hand-off".into());
+        match bytes.split_first() {
+            Some((b'P', rest)) => Ok(KeySource::Passphrase(Zeroizing::new(
+                String::from_utf8(rest.to_vec()).map_err(|_| bad())?,
+            ))),
+            Some((b'K', rest)) => Ok(KeySource::Keyfile(Zeroizing::new(rest.to_vec()))),
+            Some((b'M', rest)) => {
+                let n = u16::from_le_bytes(
+                    rest.get(..2)
+                        .ok_or_else(bad)?
+                        .try_into()
+                        .map_err(|_| bad())?,
+                ) as usize;
+                let id = rest.get(2..2 + n).ok_or_else(bad)?;
+                let dk = rest.get(2 + n..2 + n + 32).ok_or_else(bad)?;
+                let blob = rest.get(2 + n + 32..).ok_or_else(bad)?;
+                Ok(KeySource::Kms(KmsKey::new(
+                    String::from_utf8(id.to_vec()).map_err(|_| bad())?,
+                    blob.to_vec(),
+                    Zeroizing::new(dk.to_vec()),
+                )?))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Longest KMS key id (ARN or alias) a slot may name.
+pub const MAX_KMS_KEY_ID_LEN: usize = 2048;
+/// Longest KMS ciphertext blob a slot may hold (AES_256 data keys give ~184 bytes).
+pub const MAX_KMS_BLOB_LEN: usize = 6144;
+
+/// A KMS data key with what names it: the key id it was made under and the ciphertext
+/// blob KMS returned (stored in the slot). The plaintext data key is zeroized on drop and
+/// never leaves this module except through [`KeySource::handoff_bytes`].
+pub struct KmsKey {
+    pub(crate) key_id: String,
+    pub(crate) blob: Vec<u8>,
+    pub(crate) data_key: Zeroizing<[u8; 32]>,
+}
+
+impl KmsKey {
+    /// Take the plaintext data key KMS returned (must be 32 bytes: KeySpec AES_256).
+    pub fn new(
+        key_id: String,
+        blob: Vec<u8>,
+        plaintext: Zeroizing<Vec<u8>>,
+    ) -> Result<KmsKey, CryptoError> {
+        if plaintext.len() != 32 {
+            return Err(CryptoError::InvalidArgument(format!(
+                "KMS returned a data key of {} bytes; 32 (AES_256) expected",
+                plaintext.len()
+            )));
+        }
+        if key_id.is_empty() || key_id.len() > MAX_KMS_KEY_ID_LEN {
+            return Err(CryptoError::InvalidArgument(
+                "KMS key id is empty or too long".into(),
+            ));
+        }
+        if blob.is_empty() || blob.len() > MAX_KMS_BLOB_LEN {
+            return Err(CryptoError::InvalidArgument(format!(
+                "KMS ciphertext blob of {} bytes (1..={MAX_KMS_BLOB_LEN} allowed)",
+                blob.len()
+            )));
+        }
+        let mut data_key = Zeroizing::new([0u8; 32]);
+        data_key.copy_from_slice(&plaintext);
+        Ok(KmsKey {
+            key_id,
+            blob,
+            data_key,
+        })
+    }
+
+    /// The KMS key id (ARN, key id or alias) as given when the slot was made.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+}
+
+impl std::fmt::Debug for KmsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KmsKey{{key_id: {:?}, ..}}", self.key_id)
     }
 }
 
@@ -156,6 +273,17 @@ impl VolumeKeys {
     /// Per-chunk key: HKDF-Expand(PRK, "chunk" || volume_id || chunk_id).
     pub(crate) fn chunk_key(&self, id: &ChunkId) -> Zeroizing<[u8; 32]> {
         hkdf_expand(&self.prk, &[b"chunk", &self.volume_id, &id.0])
+    }
+
+    /// The id a chunk gets when `rekey` re-seals chunk `old` under this (new) master key:
+    /// the first 16 bytes of HKDF-Expand(PRK, "rekey chunk id" || old id). Deterministic,
+    /// so a resumed rekey re-seals the same plaintext under the same id and key (same
+    /// nonces, same bytes: no nonce is ever used for two plaintexts).
+    pub fn rekeyed_chunk_id(&self, old: &ChunkId) -> ChunkId {
+        let full = hkdf_expand(&self.prk, &[b"rekey chunk id", &old.0]);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&full[..16]);
+        ChunkId(id)
     }
 
     /// Key commitment: HMAC-SHA256(commit key, "cryptbucket key commitment" || volume_id).

@@ -31,13 +31,14 @@ pub use chunk::{chunk_block_range, chunk_stored_len, SealedChunk};
 pub use cipher::{Cipher, DEFAULT_CIPHER};
 pub use error::CryptoError;
 pub use header::{
-    add_key_slot, create_header, create_header_with_ext, open_header, peek_header, remove_key_slot,
-    Header, HeaderInfo,
+    add_key_slot, create_header, create_header_with_ext, create_header_with_id, new_volume_id,
+    open_header, peek_header, remove_key_slot, Header, HeaderInfo,
 };
 pub use kdf::{argon2_params_from_env, Argon2Params};
-pub use keys::{generate_keyfile_bytes, ChunkId, KeySource, VolumeKeys};
+pub use keys::{generate_keyfile_bytes, ChunkId, KeySource, KmsKey, VolumeKeys};
 pub use params::VolumeParams;
 pub use record::RecordKind;
+pub use slot::KmsSlotRef;
 
 /// Version of the on-bucket format described in docs/FORMAT.md.
 pub const FORMAT_VERSION: u8 = 1;

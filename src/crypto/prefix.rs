@@ -14,6 +14,7 @@ pub const KIND_SNAPSHOT: u8 = 3;
 pub const KIND_JOURNAL: u8 = 4;
 pub const KIND_STAGING: u8 = 5;
 pub const KIND_LEASE: u8 = 6;
+pub const KIND_REKEY: u8 = 7;
 
 /// The prefix for an object of `kind` in the current format version.
 pub fn prefix(kind: u8) -> [u8; PREFIX_LEN] {

@@ -8,8 +8,8 @@
 use super::cipher::Aead;
 use super::kdf::hkdf;
 use super::prefix::{
-    check_prefix, prefix, KIND_HEAD, KIND_JOURNAL, KIND_LEASE, KIND_SNAPSHOT, KIND_STAGING,
-    PREFIX_LEN,
+    check_prefix, prefix, KIND_HEAD, KIND_JOURNAL, KIND_LEASE, KIND_REKEY, KIND_SNAPSHOT,
+    KIND_STAGING, PREFIX_LEN,
 };
 use super::{random_array, CryptoError, VolumeKeys, TAG_LEN};
 
@@ -27,10 +27,13 @@ pub enum RecordKind {
     Staging,
     /// `lock`: the writer lease (holder, host, pid, expiry).
     Lease,
+    /// `m/rekey`: progress of a `rekey` (old chunk id -> re-sealed chunk), new key.
+    Rekey,
 }
 
 impl RecordKind {
-    /// The object kind byte of the prefix (head=2, snapshot=3, journal=4, staging=5, lease=6).
+    /// The object kind byte of the prefix (head=2, snapshot=3, journal=4, staging=5, lease=6,
+    /// rekey=7).
     pub fn object_kind(self) -> u8 {
         match self {
             RecordKind::Head => KIND_HEAD,
@@ -38,6 +41,7 @@ impl RecordKind {
             RecordKind::Journal => KIND_JOURNAL,
             RecordKind::Staging => KIND_STAGING,
             RecordKind::Lease => KIND_LEASE,
+            RecordKind::Rekey => KIND_REKEY,
         }
     }
 
@@ -49,6 +53,7 @@ impl RecordKind {
             RecordKind::Journal => "journal record",
             RecordKind::Staging => "staging record",
             RecordKind::Lease => "lease record",
+            RecordKind::Rekey => "rekey progress record",
         }
     }
 }

@@ -1,9 +1,11 @@
 //! Key slots: each wraps the master key under a key-encryption key (KEK) derived from a
-//! passphrase (Argon2id) or a keyfile (HKDF), and commits to the master key.
+//! passphrase (Argon2id), a keyfile (HKDF) or an AWS KMS data key (HKDF), and commits to
+//! the master key.
 //!
 //! Wrapping always uses XChaCha20-Poly1305 with a random 24-byte nonce, AAD =
 //! "cryptbucket key slot" || format version || volume id || kind byte (1 passphrase,
-//! 2 keyfile). Commitment = HMAC-SHA256(commit subkey, "cryptbucket key commitment" ||
+//! 2 keyfile, 3 kms). A KMS slot also stores the KMS key id and the ciphertext blob of its
+//! data key; KEK = HKDF-SHA256(salt, data key, "kms"). Commitment = HMAC-SHA256(commit subkey, "cryptbucket key commitment" ||
 //! volume id), compared in constant time before the unwrapped key is used.
 
 use subtle::ConstantTimeEq;
@@ -11,7 +13,7 @@ use zeroize::Zeroizing;
 
 use super::cipher::Aead;
 use super::kdf::{argon2id, hkdf};
-use super::keys::MIN_KEYFILE_LEN;
+use super::keys::{MAX_KMS_BLOB_LEN, MAX_KMS_KEY_ID_LEN, MIN_KEYFILE_LEN};
 use super::{
     hex_array, random_array, Argon2Params, Cipher, CryptoError, KeySource, VolumeKeys,
     VolumeParams, FORMAT_VERSION,
@@ -25,6 +27,7 @@ const WRAPPED_LEN: usize = 32 + 16;
 pub enum SlotKind {
     Passphrase,
     Keyfile,
+    Kms,
 }
 
 impl SlotKind {
@@ -32,6 +35,7 @@ impl SlotKind {
         match self {
             SlotKind::Passphrase => "passphrase",
             SlotKind::Keyfile => "keyfile",
+            SlotKind::Kms => "kms",
         }
     }
 
@@ -39,6 +43,7 @@ impl SlotKind {
         match self {
             SlotKind::Passphrase => 1,
             SlotKind::Keyfile => 2,
+            SlotKind::Kms => 3,
         }
     }
 
@@ -46,6 +51,7 @@ impl SlotKind {
         match source {
             KeySource::Passphrase(_) => SlotKind::Passphrase,
             KeySource::Keyfile(_) => SlotKind::Keyfile,
+            KeySource::Kms(_) => SlotKind::Kms,
         }
     }
 }
@@ -61,6 +67,17 @@ pub(crate) struct SlotJson {
     nonce: String,
     wrapped: String,
     commitment: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kms_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kms_blob: Option<String>,
+}
+
+/// What a KMS slot names: the key and the ciphertext blob to send to KMS Decrypt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KmsSlotRef {
+    pub key_id: String,
+    pub blob: Vec<u8>,
 }
 
 /// A parsed, bounds-checked slot.
@@ -72,6 +89,7 @@ pub(crate) struct Slot {
     nonce: [u8; 24],
     wrapped: [u8; WRAPPED_LEN],
     commitment: [u8; 32],
+    pub(crate) kms: Option<KmsSlotRef>,
 }
 
 fn wrap_aad(volume_id: &[u8; 16], kind: SlotKind) -> Vec<u8> {
@@ -102,6 +120,7 @@ fn kek(
             }
             Ok(hkdf(salt, bytes, &[b"keyfile"]))
         }
+        (SlotKind::Kms, KeySource::Kms(k), None) => Ok(hkdf(salt, k.data_key.as_ref(), &[b"kms"])),
         _ => Err(CryptoError::InvalidArgument(
             "key source does not match the slot kind".into(),
         )),
@@ -114,6 +133,7 @@ impl Slot {
         let kind = match j.kind.as_str() {
             "passphrase" => SlotKind::Passphrase,
             "keyfile" => SlotKind::Keyfile,
+            "kms" => SlotKind::Kms,
             other => {
                 return Err(CryptoError::Format(format!(
                     "key slot kind {:?} is not supported by this build",
@@ -128,13 +148,42 @@ impl Slot {
                     "passphrase slot without kdf parameters".into(),
                 ))
             }
-            (SlotKind::Keyfile, Some(_)) => {
+            (SlotKind::Keyfile | SlotKind::Kms, Some(_)) => {
+                return Err(CryptoError::Format(format!(
+                    "{} slot with kdf parameters",
+                    kind.name()
+                )))
+            }
+            (SlotKind::Keyfile | SlotKind::Kms, None) => {}
+        }
+        let kms = match (kind, &j.kms_key_id, &j.kms_blob) {
+            (SlotKind::Kms, Some(id), Some(blob)) => {
+                if id.is_empty() || id.len() > MAX_KMS_KEY_ID_LEN {
+                    return Err(CryptoError::Format("kms slot key id length".into()));
+                }
+                if blob.is_empty() || blob.len() > 2 * MAX_KMS_BLOB_LEN {
+                    return Err(CryptoError::Format("kms slot blob length".into()));
+                }
+                let blob = hex::decode(blob)
+                    .map_err(|_| CryptoError::Format("kms slot blob: not valid hex".into()))?;
+                Some(KmsSlotRef {
+                    key_id: id.clone(),
+                    blob,
+                })
+            }
+            (SlotKind::Kms, _, _) => {
                 return Err(CryptoError::Format(
-                    "keyfile slot with kdf parameters".into(),
+                    "kms slot without key id or blob".into(),
                 ))
             }
-            (SlotKind::Keyfile, None) => {}
-        }
+            (_, None, None) => None,
+            _ => {
+                return Err(CryptoError::Format(format!(
+                    "{} slot with kms fields",
+                    kind.name()
+                )))
+            }
+        };
         Ok(Slot {
             kind,
             salt: hex_array(&j.salt, "key slot salt")?,
@@ -142,6 +191,7 @@ impl Slot {
             nonce: hex_array(&j.nonce, "key slot nonce")?,
             wrapped: hex_array(&j.wrapped, "key slot wrapped key")?,
             commitment: hex_array(&j.commitment, "key slot commitment")?,
+            kms,
         })
     }
 
@@ -153,6 +203,8 @@ impl Slot {
             nonce: hex::encode(self.nonce),
             wrapped: hex::encode(self.wrapped),
             commitment: hex::encode(self.commitment),
+            kms_key_id: self.kms.as_ref().map(|k| k.key_id.clone()),
+            kms_blob: self.kms.as_ref().map(|k| hex::encode(&k.blob)),
         }
     }
 
@@ -173,7 +225,14 @@ impl Slot {
                 }
                 Some(kdf)
             }
-            KeySource::Keyfile(_) => None,
+            KeySource::Keyfile(_) | KeySource::Kms(_) => None,
+        };
+        let kms = match source {
+            KeySource::Kms(k) => Some(KmsSlotRef {
+                key_id: k.key_id.clone(),
+                blob: k.blob.clone(),
+            }),
+            _ => None,
         };
         let salt: [u8; 16] = random_array();
         let nonce: [u8; 24] = random_array();
@@ -193,7 +252,13 @@ impl Slot {
             nonce,
             wrapped,
             commitment: keys.commitment(),
+            kms,
         })
+    }
+
+    /// The Argon2 parameters of a passphrase slot (kept when `rekey` re-wraps it).
+    pub(crate) fn kdf(&self) -> Option<Argon2Params> {
+        self.kdf
     }
 
     /// Try to unlock this slot: `Ok(None)` if the source is of another kind or does not
@@ -206,6 +271,12 @@ impl Slot {
     ) -> Result<Option<VolumeKeys>, CryptoError> {
         if SlotKind::of(source) != self.kind {
             return Ok(None);
+        }
+        // A KMS data key belongs to exactly one blob: skip the other KMS slots.
+        if let (KeySource::Kms(k), Some(r)) = (source, &self.kms) {
+            if k.blob != r.blob {
+                return Ok(None);
+            }
         }
         let kek = kek(self.kind, source, &self.salt, self.kdf.as_ref())?;
         let aead = Aead::new(Cipher::XChaCha20Poly1305, &kek);
@@ -339,5 +410,71 @@ mod tests {
         let mut j = good;
         j.nonce.truncate(46);
         assert!(matches!(Slot::from_json(&j), Err(CryptoError::Format(_))));
+    }
+
+    fn kms(blob: u8, dk: u8) -> KeySource {
+        KeySource::Kms(
+            super::super::KmsKey::new(
+                "alias/test".into(),
+                vec![blob; 40],
+                Zeroizing::new(vec![dk; 32]),
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn kms_slots() {
+        let k = keys();
+        let p = k.params().clone();
+        let s = Slot::create(&k, &kms(1, 2), Argon2Params::MINIMUM).unwrap();
+        let j = s.to_json();
+        assert_eq!(j.kind, "kms");
+        assert!(j.kdf.is_none());
+        assert_eq!(j.kms_key_id.as_deref(), Some("alias/test"));
+        let s = Slot::from_json(&j).unwrap();
+        let u = s.try_unlock(&kms(1, 2), [6; 16], &p).unwrap().unwrap();
+        assert_eq!(*u.master, *k.master);
+        // Another data key for the same blob, or another blob, does not open it.
+        assert!(s.try_unlock(&kms(1, 3), [6; 16], &p).unwrap().is_none());
+        assert!(s.try_unlock(&kms(9, 2), [6; 16], &p).unwrap().is_none());
+        assert!(s.try_unlock(&pass("pw"), [6; 16], &p).unwrap().is_none());
+        // Fields are required for kms slots and refused elsewhere.
+        let mut bad = j.clone();
+        bad.kms_blob = None;
+        assert!(matches!(Slot::from_json(&bad), Err(CryptoError::Format(_))));
+        let mut bad = j.clone();
+        bad.kms_key_id = Some(String::new());
+        assert!(matches!(Slot::from_json(&bad), Err(CryptoError::Format(_))));
+        let mut bad = j.clone();
+        bad.kms_blob = Some("ab".repeat(MAX_KMS_BLOB_LEN + 1));
+        assert!(matches!(Slot::from_json(&bad), Err(CryptoError::Format(_))));
+        let mut pj = Slot::create(&k, &pass("pw"), Argon2Params::MINIMUM)
+            .unwrap()
+            .to_json();
+        pj.kms_key_id = j.kms_key_id.clone();
+        pj.kms_blob = j.kms_blob.clone();
+        assert!(matches!(Slot::from_json(&pj), Err(CryptoError::Format(_))));
+        // A data key of the wrong size is refused up front.
+        assert!(
+            super::super::KmsKey::new("k".into(), vec![1], Zeroizing::new(vec![0; 16])).is_err()
+        );
+    }
+
+    #[test]
+    fn handoff_round_trip() {
+        for src in [
+            pass("pässword"),
+            KeySource::Keyfile(Zeroizing::new(vec![7; 33])),
+            kms(4, 5),
+        ] {
+            let b = src.handoff_bytes();
+            let back = KeySource::from_handoff(&b).unwrap();
+            assert_eq!(*back.handoff_bytes(), *b);
+            assert_eq!(back.kind(), src.kind());
+        }
+        assert!(KeySource::from_handoff(b"").is_err());
+        assert!(KeySource::from_handoff(b"M\x05\x00ab").is_err());
+        assert!(!format!("{:?}", kms(4, 5)).contains("5, 5"));
     }
 }

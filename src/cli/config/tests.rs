@@ -14,6 +14,8 @@ fn full(store: &str) -> VolumeConfig {
         keyfile: Some("/etc/cryptbucket/photos.key".into()),
         passphrase_file: None,
         passphrase_command: None,
+        kms: false,
+        kms_endpoint: Some("http://127.0.0.1:4566".into()),
         allow_other: true,
         idle_timeout: Some("15m".into()),
         notify: Some(true),
@@ -46,6 +48,12 @@ fn every_option_round_trips() {
     };
     third.passphrase_file = Some("/root/pass.txt".into());
     cfg.volumes.insert("third".into(), third);
+    let fourth = VolumeConfig {
+        store: "s3://b/fourth".into(),
+        kms: true,
+        ..Default::default()
+    };
+    cfg.volumes.insert("fourth".into(), fourth);
 
     let text = toml::to_string(&cfg).expect("serialize");
     let back = parse(&text).expect("parse what we wrote");
@@ -63,6 +71,7 @@ fn all_keys() -> Vec<String> {
     let mut v = full("x");
     v.passphrase_file = Some("/p".into());
     v.passphrase_command = Some("c".into());
+    v.kms = true;
     let t: toml::Table = toml::Table::try_from(&v).expect("to table");
     t.keys().cloned().collect()
 }
@@ -121,6 +130,8 @@ fn cli_args() -> (StoreArgs, KeyArgs) {
             passphrase_file: None,
             keyfile: None,
             passphrase_command: None,
+            kms: false,
+            kms_endpoint: None,
         },
     )
 }
@@ -221,11 +232,7 @@ fn idle_timeout_and_notify_reach_mount() {
         s3: Default::default(),
         io_timeout: 60,
     };
-    let mut key = KeyArgs {
-        passphrase_file: None,
-        keyfile: None,
-        passphrase_command: None,
-    };
+    let mut key = KeyArgs::default();
     let applied = merge(v, &mut store, &mut key, false);
     assert_eq!(
         applied.idle_timeout,

@@ -280,3 +280,30 @@ fn ext_fields_are_authenticated() {
         CryptoError::Tampered(_)
     ));
 }
+
+#[test]
+fn rekeyed_header_has_a_new_key_and_keeps_the_rest() {
+    let kdf = Argon2Params::MINIMUM;
+    let one = KeySource::Passphrase(Zeroizing::new("one".into()));
+    let two = KeySource::Keyfile(Zeroizing::new(vec![3u8; 32]));
+    let mut ext = Map::new();
+    ext.insert("x".into(), Value::from(1));
+    let (bytes, keys) = create_header_with_ext(VolumeParams::default(), &one, kdf, ext).unwrap();
+    let bytes = add_key_slot(&bytes, &keys, &two, kdf).unwrap();
+    let h = Header::parse(&bytes).unwrap();
+    let (new_bytes, new_keys) = h.rekeyed(&keys, &[(Some(0), &one)], kdf).unwrap();
+    let nh = Header::parse(&new_bytes).unwrap();
+    assert_eq!(nh.slot_count(), 1);
+    assert_eq!(nh.volume_id(), h.volume_id());
+    assert_eq!(nh.ext(), h.ext());
+    let opened = nh.unlock(&one).unwrap();
+    assert_eq!(*opened.master, *new_keys.master);
+    assert_ne!(*opened.master, *keys.master);
+    assert!(nh.unlock(&two).is_err());
+    // Chunk ids move deterministically under the new key.
+    let id = crate::crypto::ChunkId([1; 16]);
+    assert_eq!(new_keys.rekeyed_chunk_id(&id), opened.rekeyed_chunk_id(&id));
+    assert_ne!(new_keys.rekeyed_chunk_id(&id), keys.rekeyed_chunk_id(&id));
+    // Keys that do not open the header cannot rekey it.
+    assert!(nh.rekeyed(&keys, &[(None, &one)], kdf).is_err());
+}
