@@ -169,12 +169,9 @@ fn passphrase_prompt_does_not_echo() {
     guard.unmount();
 }
 
-// On main a write uploads its chunk before close returns, so by the time `unmount` runs there
-// is nothing dirty left to show (measured: dirty_bytes 0 right after writing 12 MiB). This
-// test becomes meaningful when the write-back work (staged dirty chunks uploaded after close)
-// lands; run it then with `cargo test --test e2e_desktop -- --ignored`.
+// Close hands the chunk to the background uploader (throttled here), so the unmount has
+// something to wait for and must show it.
 #[test]
-#[ignore = "needs deferred write-back uploads (writeback branch); on main nothing is dirty at unmount"]
 fn unmount_shows_a_progress_bar_while_uploading() {
     require_fuse!("unmount_shows_a_progress_bar_while_uploading");
     let _lock = heavy_lock();
