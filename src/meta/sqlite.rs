@@ -290,8 +290,25 @@ impl SqliteMeta {
         self.read(|c| get_inode_tx(c, ino))
     }
 
-    pub fn put_inode(&self, inode: &Inode) -> Result<()> {
-        self.write(|tx| put_inode_tx(tx, inode))
+    /// Store what setattr changes: mode, owner and times. Size and link count are left
+    /// alone: they belong to write-back and to namespace operations, which may have moved
+    /// on since the caller read the inode.
+    pub fn set_attrs(&self, i: &Inode) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE inodes SET perm=?2, uid=?3, gid=?4, atime=?5, mtime=?6, ctime=?7 WHERE ino=?1",
+                params![
+                    i.ino as i64,
+                    i.perm as i64,
+                    i.uid as i64,
+                    i.gid as i64,
+                    i.atime,
+                    i.mtime,
+                    i.ctime
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Inode> {
@@ -617,7 +634,8 @@ impl SqliteMeta {
     }
 
     /// Atomically record a file's new contents layout: chunk refs replaced from `chunks`,
-    /// chunks at or past `keep_below` dropped, inline data set, and attributes updated.
+    /// chunks at or past `keep_below` dropped, inline data set, and size/mtime/ctime updated
+    /// (only those: perm, owner and nlink belong to other operations).
     /// Replaced chunk ids go to the dead list, to be deleted after the next commit.
     pub fn update_file(
         &self,
@@ -646,11 +664,19 @@ impl SqliteMeta {
                     ],
                 )?;
             }
+            // Only the columns a file's data owns: the inode was read before a background
+            // upload finished, and a chmod, chown or link since must not be undone.
             tx.execute(
-                "UPDATE inodes SET inline=?2 WHERE ino=?1",
-                params![inode.ino as i64, inline],
+                "UPDATE inodes SET inline=?2, size=?3, mtime=?4, ctime=MAX(ctime, ?5) WHERE ino=?1",
+                params![
+                    inode.ino as i64,
+                    inline,
+                    inode.size as i64,
+                    inode.mtime,
+                    inode.ctime
+                ],
             )?;
-            put_inode_tx(tx, inode)
+            Ok(())
         })
     }
 

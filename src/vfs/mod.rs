@@ -188,8 +188,19 @@ impl Vfs {
             rdev: inode.rdev,
         };
         if inode.kind == FileKind::File {
-            if let Some(of) = self.wb.open.lock().get(&inode.ino).cloned() {
-                of.overlay(&mut a);
+            let of = self.wb.open.lock().get(&inode.ino).cloned();
+            match of {
+                Some(of) => of.overlay(&mut a),
+                // The open state may have been dropped after `inode` was read, by an upload
+                // that finished and recorded the file's final size and mtime first: read them
+                // again rather than show the older ones.
+                None => {
+                    if let Ok(fresh) = self.meta.get_inode(inode.ino) {
+                        a.size = fresh.size;
+                        a.mtime = fresh.mtime;
+                        a.ctime = fresh.ctime;
+                    }
+                }
             }
         }
         a
@@ -396,9 +407,9 @@ impl Vfs {
         }
         if changed {
             i.ctime = now;
-            // The recorded size stays as write-back left it: it never covers chunks whose
-            // upload is still pending (the open-file state shows the full size meanwhile).
-            self.meta.put_inode(&i)?;
+            // Not the size: write-back records it as uploads finish (never covering a chunk
+            // still pending; the open-file state shows the full size meanwhile).
+            self.meta.set_attrs(&i)?;
         }
         self.getattr(ino)
     }
