@@ -33,6 +33,8 @@ fn key() -> KeySource {
 struct Gate {
     inner: Option<Arc<dyn ObjectStore>>,
     closed: AtomicBool,
+    /// When non-zero, chunk uploads bigger than this fail (the small ones go through).
+    refuse_over: AtomicU64,
     requests: AtomicU64,
     chunk_puts: AtomicU64,
 }
@@ -50,6 +52,10 @@ impl ObjectStore for Gate {
         if key.starts_with("d/") {
             if self.closed.load(Ordering::SeqCst) {
                 return Err(BackendError::Other("test: store down".into()));
+            }
+            let over = self.refuse_over.load(Ordering::SeqCst);
+            if over > 0 && data.len() as u64 > over {
+                return Err(BackendError::Other("test: big uploads fail".into()));
             }
             self.chunk_puts.fetch_add(1, Ordering::SeqCst);
         }
@@ -213,13 +219,51 @@ fn staged_writes_survive_a_crash_and_reach_the_store_at_next_open() {
 }
 
 #[test]
+fn a_crash_after_the_last_chunk_uploaded_first_keeps_the_file_size() {
+    // The tail chunk reaches the store while the full chunks before it are still staged:
+    // the size it carried must survive a crash (its staging file is gone by then).
+    let store = new_volume();
+    let cache = tempfile::tempdir().unwrap();
+    let v = open(&store, cache.path());
+    store.refuse_over.store((CS / 2) as u64, Ordering::SeqCst);
+    let data = pattern(2 * CS + 123, 9);
+    let (f, fh) = v.vfs.create(&CTX, ROOT_INO, b"f", 0o644).unwrap();
+    // Chunk-aligned writes, so the tail's size is only in the tail chunk's records.
+    for (i, piece) in data.chunks(8192).enumerate() {
+        v.vfs.write(fh, (i * 8192) as u64, piece).unwrap();
+    }
+    v.vfs.release(fh).unwrap();
+    let t = std::time::Instant::now();
+    while store.chunk_puts.load(Ordering::SeqCst) == 0 {
+        assert!(t.elapsed().as_secs() < 20, "the tail chunk never uploaded");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(read_all(&v.vfs, f.ino), data);
+    drop(v);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    store.refuse_over.store(0, Ordering::SeqCst);
+
+    let v = open(&store, cache.path());
+    assert_eq!(read_all(&v.vfs, f.ino), data);
+    v.unmount().unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let v = open(&store, fresh.path());
+    assert_eq!(read_all(&v.vfs, f.ino), data);
+    v.unmount().unwrap();
+}
+
+#[test]
 fn fsync_fails_while_uploads_fail_and_keeps_the_data() {
     let store = new_volume();
     let cache = tempfile::tempdir().unwrap();
     let v = open(&store, cache.path());
     let data = pattern(CS + 5000, 9);
     let (f, fh) = v.vfs.create(&CTX, ROOT_INO, b"f", 0o644).unwrap();
-    v.vfs.write(fh, 0, &data).unwrap();
+    // Chunk-aligned writes, so the tail's size is only in the tail chunk's records.
+    for (i, piece) in data.chunks(8192).enumerate() {
+        v.vfs.write(fh, (i * 8192) as u64, piece).unwrap();
+    }
     store.closed.store(true, Ordering::SeqCst);
     assert!(
         v.vfs.fsync(fh).is_err(),

@@ -20,10 +20,6 @@ fn daemon_pid(mnt: &Path) -> i32 {
 }
 
 #[test]
-// Known bug, intermittent (1 failure in 3 full-suite runs): after a SIGKILL with a file still
-// open, recovery from the same cache dir sometimes returns wrong bytes for that file. The
-// vfs-level crash test and the crash harness (fsync'd data) pass. Run with `-- --ignored`.
-#[ignore = "intermittent: staged-data recovery of a file open at the kill (see docs/SEMANTICS.md)"]
 fn kill_9_loses_no_acknowledged_write() {
     require_fuse!("kill_9_loses_no_acknowledged_write");
     let _lock = heavy_lock();

@@ -316,8 +316,13 @@ impl WriteBack {
         }
         st.refs.insert(idx, r.clone());
         match self.apply_meta(ino, &mut st, std::slice::from_ref(&r), KEEP_ALL) {
-            Ok(true) => self.drop_staging(&f.name),
-            Ok(false) => {
+            Ok(Some(recorded)) => {
+                if recorded < st.size {
+                    self.carry_size(ino, &mut st);
+                }
+                self.drop_staging(&f.name);
+            }
+            Ok(None) => {
                 self.data.discard(r.id);
                 self.drop_staging(&f.name);
             }
@@ -332,20 +337,39 @@ impl WriteBack {
         self.forget_if_idle(ino, of);
     }
 
+    /// The metadata could not take the file's whole size yet (a chunk below is still on its
+    /// way) and a staging file is about to go: write the size into another staging file of
+    /// the file, so a crash now still recovers it (recovery takes the newest record).
+    fn carry_size(&self, ino: Ino, st: &mut FileState) {
+        let (size, mtime) = (st.size, st.mtime.unwrap_or_else(now_ns));
+        let res = if let Some((idx, f)) = st.flying.iter().next() {
+            self.staging
+                .cut_closed(&f.name, ino, *idx, f.plain_len as u32, size, mtime)
+        } else if let Some((idx, oc)) = st.open.iter_mut().next() {
+            let len = oc.buf.len() as u32;
+            self.staging.cut(&mut oc.file, ino, *idx, len, size, mtime)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = res {
+            tracing::warn!("cannot record the size of a file being uploaded: {e}");
+        }
+    }
+
     /// Write the file's size, mtime and `new_refs` into the metadata. The size recorded
     /// never reaches into a chunk that is still pending past the old recorded size, so a
-    /// commit never shows zeros where written data is still on its way. Returns false
-    /// when the inode is gone.
+    /// commit never shows zeros where written data is still on its way. Returns the size
+    /// recorded, or None when the inode is gone.
     fn apply_meta(
         &self,
         ino: Ino,
         st: &mut FileState,
         new_refs: &[ChunkRef],
         keep: u64,
-    ) -> Result<bool> {
+    ) -> Result<Option<u64>> {
         let mut inode = match self.meta.get_inode(ino) {
             Ok(i) => i,
-            Err(MetaError::NotFound) => return Ok(false),
+            Err(MetaError::NotFound) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         let cs = self.cs();
@@ -374,7 +398,7 @@ impl WriteBack {
         if !st.pending() {
             st.mtime = None;
         }
-        Ok(true)
+        Ok(Some(inode.size))
     }
 
     /// Drop everything pending for `ino`, unless it is open; true when it is no longer
