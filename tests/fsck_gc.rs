@@ -39,13 +39,42 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 }
 
 fn chunk_files(store: &Path) -> BTreeSet<String> {
-    if !store.join("d").exists() {
-        return BTreeSet::new();
+    let mut out = BTreeSet::new();
+    list_into(store, &store.join("d"), &mut out);
+    out
+}
+
+/// Like `files_under`, but a live mount may delete objects (and their emptied directories)
+/// while we walk: what vanishes meanwhile is simply not listed.
+fn list_into(store: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => list_into(store, &p, out),
+            Ok(_) => {
+                let rel = p.strip_prefix(store).expect("under the store");
+                out.insert(rel.to_string_lossy().into_owned());
+            }
+            Err(_) => {}
+        }
     }
-    files_under(&store.join("d"))
-        .into_iter()
-        .map(|p| p.strip_prefix(store).unwrap().to_str().unwrap().to_string())
-        .collect()
+}
+
+/// The chunk objects once a live mount's background uploads and deletes have settled.
+fn settled_chunk_files(store: &Path) -> BTreeSet<String> {
+    let mut last = chunk_files(store);
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = chunk_files(store);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the store's chunk objects never settled");
 }
 
 /// A volume with small chunks; returns for each file (name, content, its chunk object keys).
@@ -361,6 +390,7 @@ fn gc_on_a_live_mount_goes_through_the_daemon() {
         CMD_TIMEOUT,
     );
     sync.assert_ok();
+    settled_chunk_files(&store);
     let orphans = add_orphans(&store, 2);
     let before = chunk_files(&store).len();
 
