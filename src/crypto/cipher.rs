@@ -1,8 +1,8 @@
 //! The two supported AEADs (AES-256-GCM, XChaCha20-Poly1305) behind one small interface.
 
-use aes_gcm::aead::generic_array::GenericArray;
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::Aes256Gcm;
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use chacha20poly1305::aead::generic_array::GenericArray;
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::XChaCha20Poly1305;
 
 use super::TAG_LEN;
@@ -63,8 +63,15 @@ impl std::str::FromStr for Cipher {
 /// A keyed AEAD instance. Both implementations zeroize or hold only transient key state;
 /// callers keep the raw key in `Zeroizing` storage.
 pub(crate) enum Aead {
-    Aes(Box<Aes256Gcm>),
+    Aes(Box<LessSafeKey>),
     XChaCha(Box<XChaCha20Poly1305>),
+}
+
+/// The 96-bit AES-GCM nonce from the first 12 bytes of `n` (callers pass at least that).
+fn aes_nonce(n: &[u8]) -> Nonce {
+    let mut a = [0u8; 12];
+    a.copy_from_slice(&n[..12]);
+    Nonce::assume_unique_for_key(a)
 }
 
 /// The AEAD failed to authenticate (the caller says what).
@@ -74,7 +81,12 @@ pub(crate) struct AuthFailed;
 impl Aead {
     pub(crate) fn new(cipher: Cipher, key: &[u8; 32]) -> Self {
         match cipher {
-            Cipher::Aes256Gcm => Aead::Aes(Box::new(Aes256Gcm::new(GenericArray::from_slice(key)))),
+            Cipher::Aes256Gcm => {
+                // A 32-byte key is always valid for AES-256-GCM.
+                let k = UnboundKey::new(&AES_256_GCM, key)
+                    .unwrap_or_else(|_| panic!("AES-256-GCM rejected a 32-byte key"));
+                Aead::Aes(Box::new(LessSafeKey::new(k)))
+            }
             Cipher::XChaCha20Poly1305 => Aead::XChaCha(Box::new(XChaCha20Poly1305::new(
                 GenericArray::from_slice(key),
             ))),
@@ -99,15 +111,25 @@ impl Aead {
     /// (only the first `nonce_len` bytes are used).
     pub(crate) fn seal_in_place(&self, nonce: &[u8], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
         let n = &nonce[..self.cipher().nonce_len()];
-        let tag = match self {
-            Aead::Aes(c) => c.encrypt_in_place_detached(GenericArray::from_slice(n), aad, buf),
-            Aead::XChaCha(c) => c.encrypt_in_place_detached(GenericArray::from_slice(n), aad, buf),
-        };
         // Encryption fails only for inputs longer than the AEAD limit (64 GiB), which the
         // format never produces.
-        match tag {
-            Ok(t) => t.into(),
-            Err(_) => panic!("AEAD encryption failed: message exceeds the cipher's limit"),
+        const TOO_LONG: &str = "AEAD encryption failed: message exceeds the cipher's limit";
+        match self {
+            Aead::Aes(c) => {
+                let mut t = [0u8; TAG_LEN];
+                let nonce = aes_nonce(n);
+                match c.seal_in_place_separate_tag(nonce, Aad::from(aad), buf) {
+                    Ok(tag) => t.copy_from_slice(tag.as_ref()),
+                    Err(_) => panic!("{TOO_LONG}"),
+                }
+                t
+            }
+            Aead::XChaCha(c) => {
+                match c.encrypt_in_place_detached(GenericArray::from_slice(n), aad, buf) {
+                    Ok(t) => t.into(),
+                    Err(_) => panic!("{TOO_LONG}"),
+                }
+            }
         }
     }
 
@@ -123,21 +145,20 @@ impl Aead {
         if tag.len() != TAG_LEN {
             return Err(AuthFailed);
         }
-        let r = match self {
-            Aead::Aes(c) => c.decrypt_in_place_detached(
-                GenericArray::from_slice(n),
-                aad,
-                buf,
-                GenericArray::from_slice(tag),
-            ),
-            Aead::XChaCha(c) => c.decrypt_in_place_detached(
-                GenericArray::from_slice(n),
-                aad,
-                buf,
-                GenericArray::from_slice(tag),
-            ),
-        };
-        r.map_err(|_| AuthFailed)
+        match self {
+            Aead::Aes(c) => c
+                .open_in_place_separate_tag(aes_nonce(n), Aad::from(aad), tag, buf)
+                .map(|_| ())
+                .map_err(|_| AuthFailed),
+            Aead::XChaCha(c) => c
+                .decrypt_in_place_detached(
+                    GenericArray::from_slice(n),
+                    aad,
+                    buf,
+                    GenericArray::from_slice(tag),
+                )
+                .map_err(|_| AuthFailed),
+        }
     }
 
     /// Seal `plaintext` into a new `ciphertext || tag` vector.

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 
+use super::ahead::Ahead;
 use super::cache::BlockCache;
 use super::diskcache::DiskCache;
 use super::{DataError, Result};
@@ -32,10 +33,11 @@ pub struct ChunkStore {
     disk: Option<Arc<DiskCache>>,
     /// Read-ahead downloads running at once.
     prefetchers: Arc<tokio::sync::Semaphore>,
+    ahead: Arc<Ahead>,
 }
 
 /// Read-ahead downloads running at once.
-const PREFETCHERS: usize = 8;
+const PREFETCHERS: usize = 16;
 
 impl ChunkStore {
     pub fn new(
@@ -53,42 +55,43 @@ impl ChunkStore {
             pending: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             disk: None,
             prefetchers: Arc::new(tokio::sync::Semaphore::new(PREFETCHERS)),
+            ahead: Arc::new(Ahead::default()),
         }
     }
 
-    /// Keep whole sealed chunks in `disk` (reads then fetch whole chunks, and read-ahead
-    /// becomes possible).
+    /// Keep whole sealed chunks in `disk` (reads then fetch whole chunks).
     pub fn with_disk_cache(mut self, disk: Arc<DiskCache>) -> Self {
         self.disk = Some(disk);
         self
     }
 
-    /// Start downloading these chunks into the disk cache in the background (read-ahead).
+    /// Start downloading these chunks into the read-ahead buffer in the background (as
+    /// many as it has room for; chunks already in the disk cache are read from there).
     pub fn prefetch(&self, refs: Vec<ChunkRef>) {
-        let Some(dc) = self.disk.clone() else {
-            return;
-        };
         for c in refs {
-            if !dc.start_loading(&c.id) {
+            if self.disk.as_ref().is_some_and(|d| d.contains(&c.id)) {
                 continue;
             }
-            let (store, dc, sem) = (self.store.clone(), dc.clone(), self.prefetchers.clone());
+            if !self.ahead.start(&c.id, c.stored_len) {
+                continue;
+            }
+            let (store, ahead, sem) = (
+                self.store.clone(),
+                self.ahead.clone(),
+                self.prefetchers.clone(),
+            );
             self.rt.spawn(async move {
+                let mut got = None;
                 if let Ok(_permit) = sem.acquire_owned().await {
                     let key = ChunkId(c.id).object_key();
-                    match store.get(&key, None).await {
-                        Ok(b) if b.len() as u64 >= c.stored_len => {
-                            let dc2 = dc.clone();
-                            let _ = tokio::task::spawn_blocking(move || {
-                                dc2.insert(&c.id, &b[..c.stored_len as usize])
-                            })
-                            .await;
+                    // A failure is left to the foreground read, which reports it.
+                    if let Ok(b) = store.get(&key, None).await {
+                        if b.len() as u64 >= c.stored_len {
+                            got = Some(b.slice(..c.stored_len as usize));
                         }
-                        // The foreground read reports what is wrong with it.
-                        _ => {}
                     }
                 }
-                dc.done_loading(&c.id);
+                ahead.finish(&c.id, c.stored_len, got);
             });
         }
     }
@@ -185,6 +188,30 @@ impl ChunkStore {
         let last = ((end - 1) / bs) as u32;
         let mut blocks: Vec<Option<Arc<Vec<u8>>>> =
             (first..=last).map(|b| self.cache.get(&c.id, b)).collect();
+        if blocks.iter().all(|b| b.is_none()) {
+            if let Some(sealed) = self.ahead.get(&c.id) {
+                // A stream: open straight from the read-ahead buffer into the reply, past
+                // the block cache (the kernel's page cache keeps what was read).
+                let n = last - first + 1;
+                let range = chunk_block_range(self.keys.params(), c.plain_len, first, n);
+                let got = sealed.get(range.start as usize..range.end as usize);
+                let id = ChunkId(c.id);
+                let opened = got.map(|g| {
+                    self.keys
+                        .open_chunk_range(&id, c.plain_len, &c.digest, first, n, g)
+                });
+                if let Some(Ok(mut plain)) = opened {
+                    let lo = (off - first as u64 * bs) as usize;
+                    if lo > 0 {
+                        plain.drain(..lo);
+                    }
+                    plain.truncate((end - off) as usize);
+                    return Ok(plain);
+                }
+                // Damaged on the way: fetched again below, which reports what is wrong.
+                self.ahead.forget(&c.id);
+            }
+        }
         if let Some(miss_lo) = blocks.iter().position(|b| b.is_none()) {
             let miss_hi = blocks.iter().rposition(|b| b.is_none()).unwrap_or(miss_lo);
             let b0 = first + miss_lo as u32;
@@ -214,11 +241,18 @@ impl ChunkStore {
 
     fn fetch_blocks(&self, c: &ChunkRef, first: u32, n: u32) -> Result<Vec<Vec<u8>>> {
         let range = chunk_block_range(self.keys.params(), c.plain_len, first, n);
+        if let Some(sealed) = self.ahead.get(&c.id) {
+            let got = sealed.get(range.start as usize..range.end as usize);
+            if let Some(Ok(p)) = got.map(|g| self.open_blocks(c, first, n, g)) {
+                return Ok(p);
+            }
+            // Damaged on the way: fetched again below, which reports what is wrong.
+            self.ahead.forget(&c.id);
+        }
         let Some(dc) = &self.disk else {
             let got = self.get_checked(c, Some(range.clone()), range.end - range.start)?;
             return self.open_blocks(c, first, n, &got);
         };
-        dc.wait_loaded(&c.id);
         if let Some(got) = dc.read(&c.id, range.clone()) {
             match self.open_blocks(c, first, n, &got) {
                 Ok(p) => return Ok(p),
@@ -324,6 +358,7 @@ impl ChunkStore {
     pub fn delete_many(&self, ids: &[[u8; 16]]) -> Result<()> {
         for id in ids {
             self.cache.forget_chunk(id);
+            self.ahead.forget(id);
             if let Some(dc) = &self.disk {
                 dc.remove(id);
             }

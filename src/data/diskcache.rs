@@ -4,7 +4,7 @@
 //! Entries are `<dir>/<chunk id hex>`; the index is rebuilt from the directory at start,
 //! oldest access (file mtime) first, so the cache survives restarts.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -19,8 +19,6 @@ pub struct DiskCache {
     dir: PathBuf,
     limit: u64,
     inner: Mutex<Inner>,
-    /// Chunks being fetched into the cache right now (read-ahead), so none is fetched twice.
-    loading: Mutex<HashSet<[u8; 16]>>,
 }
 
 #[derive(Default)]
@@ -71,7 +69,6 @@ impl DiskCache {
             dir: dir.to_owned(),
             limit,
             inner: Mutex::new(inner),
-            loading: Mutex::new(HashSet::new()),
         };
         dc.evict(0);
         Ok(dc)
@@ -153,23 +150,6 @@ impl DiskCache {
                 g.bytes -= len;
                 let _ = fs::remove_file(self.path(&id));
             }
-        }
-    }
-
-    /// Mark `id` as being loaded; false if it is cached or already loading.
-    pub fn start_loading(&self, id: &[u8; 16]) -> bool {
-        !self.contains(id) && self.loading.lock().insert(*id)
-    }
-
-    pub fn done_loading(&self, id: &[u8; 16]) {
-        self.loading.lock().remove(id);
-    }
-
-    /// Wait (briefly) for a read-ahead download of `id`, rather than fetching it twice.
-    pub fn wait_loaded(&self, id: &[u8; 16]) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while self.loading.lock().contains(id) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The data path: sealed chunk objects in the store, a bounded memory cache of opened
 //! blocks in front of them, the write-back upload pool and the local staging area.
 
+pub mod ahead;
 pub mod cache;
 pub mod chunks;
 pub mod diskcache;

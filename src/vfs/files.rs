@@ -29,7 +29,7 @@ const FLY_MEM_LIMIT: u64 = 16 << 20;
 /// A failed upload is tried again after this long (by `tick`), or at once by fsync.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Largest read-ahead window, in chunks.
-const READ_AHEAD_MAX: u64 = 16;
+const READ_AHEAD_MAX: u64 = 12;
 /// `update_file` keeps every chunk below this index (no truncation).
 const KEEP_ALL: u64 = i64::MAX as u64;
 
@@ -662,6 +662,14 @@ impl Vfs {
             }
             pieces
         };
+        if let [Piece::Stored(c, in_off, n)] = pieces.as_slice() {
+            // One chunk (most reads): its bytes are the reply, no copy.
+            let mut got = self.data.read(c, *in_off, *n).inspect_err(|e| {
+                tracing::error!("read failed: {e}");
+            })?;
+            got.resize(*n as usize, 0);
+            return Ok(got);
+        }
         let mut out = Vec::with_capacity(len as usize);
         for p in pieces {
             match p {
@@ -694,10 +702,12 @@ impl Vfs {
         if st.ra == 0 || end == 0 {
             return;
         }
-        let from = (end - 1) / cs;
+        // The chunk being read is fetched by the read itself (and consumed from the buffer:
+        // asking for it again would download it again).
+        let from = (end - 1) / cs + 1;
         let refs: Vec<ChunkRef> = st
             .refs
-            .range(from..=from + st.ra)
+            .range(from..from + st.ra)
             .filter(|(i, _)| !st.open.contains_key(i) && !st.flying.contains_key(i))
             .map(|(_, c)| c.clone())
             .collect();
