@@ -18,8 +18,15 @@ trap 'rm -f "$out"' EXIT
 echo "building and running benches/crypto.rs (release)..." >&2
 cargo bench --bench crypto -- --output-format bencher "${crit[@]}" | tee "$out" >&2
 
-# bencher lines: "test aes256gcm/4MiB-chunk/seal ... bench:  1234 ns/iter (+/- 5) = 3400 MB/s"
-gbps() { awk -v n="$1" '$2 == n { for (i = 1; i <= NF; i++) if ($i == "MB/s") printf "%.2f", $(i-1) / 1000 }' "$out"; }
+# bencher lines: "test aes256gcm/4MiB-chunk/seal ... bench:  528441 ns/iter (+/- 5)" (Criterion's
+# bencher format has no throughput column): GB/s = bytes of the chunk / ns per iteration.
+gbps() {
+    awk -v n="$1" '$2 == n {
+        split(n, p, "/"); b = p[2]; sub(/-chunk$/, "", b)
+        bytes = (b ~ /MiB$/) ? b * 1048576 : b * 1024
+        for (i = 1; i <= NF; i++) if ($i == "ns/iter") { gsub(/,/, "", $(i-1)); printf "%.2f", bytes / $(i-1) }
+    }' "$out"
+}
 ossl() {
     # openssl prints 1000s of bytes per second for the 64 KiB column.
     openssl speed -evp "$1" -bytes 65536 -seconds "$secs" 2>/dev/null |

@@ -50,6 +50,30 @@ impl std::fmt::Debug for SqliteMeta {
     }
 }
 
+/// Statements are prepared once per connection and reused: parsing them again on every call
+/// was a visible share of the CPU of a small-file workload.
+pub(super) trait Cached {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, p: P) -> rusqlite::Result<usize>;
+    fn row<T, P, F>(&self, sql: &str, p: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, p: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(p)
+    }
+
+    fn row<T, P, F>(&self, sql: &str, p: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(p, f)
+    }
+}
+
 fn row_inode(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Inode, i64)> {
     Ok((
         Inode {
@@ -73,7 +97,7 @@ const INODE_COLS: &str = "ino, kind, perm, uid, gid, size, atime, mtime, ctime, 
 
 fn get_inode_tx(tx: &Connection, ino: Ino) -> Result<Inode> {
     let row = tx
-        .query_row(
+        .row(
             &format!("SELECT {INODE_COLS} FROM inodes WHERE ino = ?1"),
             [ino as i64],
             row_inode,
@@ -85,7 +109,7 @@ fn get_inode_tx(tx: &Connection, ino: Ino) -> Result<Inode> {
 }
 
 fn put_inode_tx(tx: &Connection, i: &Inode) -> Result<()> {
-    tx.execute(
+    tx.exec(
         "UPDATE inodes SET perm=?2, uid=?3, gid=?4, size=?5, atime=?6, mtime=?7, ctime=?8, nlink=?9 WHERE ino=?1",
         params![
             i.ino as i64,
@@ -104,7 +128,7 @@ fn put_inode_tx(tx: &Connection, i: &Inode) -> Result<()> {
 
 fn lookup_tx(tx: &Connection, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
     Ok(tx
-        .query_row(
+        .row(
             "SELECT ino FROM dentries WHERE parent=?1 AND name=?2",
             params![parent as i64, name],
             |r| r.get::<_, i64>(0),
@@ -114,7 +138,7 @@ fn lookup_tx(tx: &Connection, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
 }
 
 fn remove_entry_tx(tx: &Connection, parent: Ino, name: &[u8]) -> Result<()> {
-    tx.execute(
+    tx.exec(
         "DELETE FROM dentries WHERE parent=?1 AND name=?2",
         params![parent as i64, name],
     )?;
@@ -122,7 +146,7 @@ fn remove_entry_tx(tx: &Connection, parent: Ino, name: &[u8]) -> Result<()> {
 }
 
 fn touch_dir_tx(tx: &Connection, dir: Ino, now: i64, nlink_delta: i64) -> Result<()> {
-    tx.execute(
+    tx.exec(
         "UPDATE inodes SET mtime=?2, ctime=?2, nlink=nlink+?3 WHERE ino=?1",
         params![dir as i64, now, nlink_delta],
     )?;
@@ -130,11 +154,11 @@ fn touch_dir_tx(tx: &Connection, dir: Ino, now: i64, nlink_delta: i64) -> Result
 }
 
 fn mark_chunks_dead_tx(tx: &Connection, ino: Ino, from_idx: u64) -> Result<()> {
-    tx.execute(
+    tx.exec(
         "INSERT OR IGNORE INTO dead_chunks(id) SELECT id FROM chunks WHERE ino=?1 AND idx>=?2",
         params![ino as i64, from_idx as i64],
     )?;
-    tx.execute(
+    tx.exec(
         "DELETE FROM chunks WHERE ino=?1 AND idx>=?2",
         params![ino as i64, from_idx as i64],
     )?;
@@ -142,7 +166,7 @@ fn mark_chunks_dead_tx(tx: &Connection, ino: Ino, from_idx: u64) -> Result<()> {
 }
 
 fn is_empty_dir_tx(tx: &Connection, ino: Ino) -> Result<bool> {
-    let n: i64 = tx.query_row(
+    let n: i64 = tx.row(
         "SELECT COUNT(*) FROM (SELECT 1 FROM dentries WHERE parent=?1 LIMIT 1)",
         [ino as i64],
         |r| r.get(0),
@@ -153,7 +177,7 @@ fn is_empty_dir_tx(tx: &Connection, ino: Ino) -> Result<bool> {
 /// Parent of a directory (directories have exactly one entry).
 fn parent_of_dir_tx(tx: &Connection, ino: Ino) -> Result<Option<Ino>> {
     Ok(tx
-        .query_row(
+        .row(
             "SELECT parent FROM dentries WHERE ino=?1",
             [ino as i64],
             |r| r.get::<_, i64>(0),
@@ -202,6 +226,7 @@ impl SqliteMeta {
         // several times slower; 64 MiB is an upper bound, used only as the tree grows.
         conn.pragma_update(None, "cache_size", -65536)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.set_prepared_statement_cache_capacity(128);
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(journal::TRIGGERS)?;
         Ok(SqliteMeta {
@@ -235,7 +260,7 @@ impl SqliteMeta {
     pub fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.read(|c| {
             Ok(
-                c.query_row("SELECT value FROM state WHERE key=?1", [key], |r| r.get(0))
+                c.row("SELECT value FROM state WHERE key=?1", [key], |r| r.get(0))
                     .optional()?,
             )
         })
@@ -244,7 +269,7 @@ impl SqliteMeta {
     /// State changes (commit bookkeeping) do not count as metadata changes.
     pub fn set_state(&self, key: &str, value: &[u8]) -> Result<()> {
         let conn = self.conn.lock();
-        conn.execute(
+        conn.exec(
             "INSERT OR REPLACE INTO state(key, value) VALUES (?1, ?2)",
             params![key, value],
         )?;
@@ -253,7 +278,7 @@ impl SqliteMeta {
 
     pub fn has_root(&self) -> Result<bool> {
         self.read(|c| {
-            Ok(c.query_row(
+            Ok(c.row(
                 "SELECT 1 FROM inodes WHERE ino=?1",
                 [ROOT_INO as i64],
                 |_| Ok(()),
@@ -266,7 +291,7 @@ impl SqliteMeta {
     /// Create the root directory of a new volume.
     pub fn init_root(&self, perm: u32, uid: u32, gid: u32, now: i64) -> Result<()> {
         self.write(|tx| {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO inodes(ino, kind, perm, uid, gid, size, atime, mtime, ctime, nlink)
                  VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6, ?6, 2)",
                 params![
@@ -278,7 +303,7 @@ impl SqliteMeta {
                     now
                 ],
             )?;
-            tx.execute(
+            tx.exec(
                 "INSERT OR REPLACE INTO state(key, value) VALUES ('next_ino', ?1)",
                 params![(ROOT_INO + 1).to_le_bytes().to_vec()],
             )?;
@@ -295,7 +320,7 @@ impl SqliteMeta {
     /// on since the caller read the inode.
     pub fn set_attrs(&self, i: &Inode) -> Result<()> {
         self.write(|tx| {
-            tx.execute(
+            tx.exec(
                 "UPDATE inodes SET perm=?2, uid=?3, gid=?4, atime=?5, mtime=?6, ctime=?7 WHERE ino=?1",
                 params![
                     i.ino as i64,
@@ -321,7 +346,7 @@ impl SqliteMeta {
     pub fn symlink_target(&self, ino: Ino) -> Result<Vec<u8>> {
         self.read(|c| {
             let t: Option<Vec<u8>> = c
-                .query_row(
+                .row(
                     "SELECT target FROM inodes WHERE ino=?1",
                     [ino as i64],
                     |r| r.get(0),
@@ -354,7 +379,7 @@ impl SqliteMeta {
             if lookup_tx(tx, parent, name)?.is_some() {
                 return Err(MetaError::Exists);
             }
-            let next: Vec<u8> = tx.query_row(
+            let next: Vec<u8> = tx.row(
                 "SELECT value FROM state WHERE key='next_ino'",
                 [],
                 |r| r.get(0),
@@ -363,7 +388,7 @@ impl SqliteMeta {
                 next.try_into()
                     .map_err(|_| MetaError::Corrupt("next_ino".into()))?,
             );
-            tx.execute(
+            tx.exec(
                 "UPDATE state SET value=?1 WHERE key='next_ino'",
                 params![(ino + 1).to_le_bytes().to_vec()],
             )?;
@@ -372,7 +397,7 @@ impl SqliteMeta {
                 FileKind::Symlink => (1, target.map_or(0, |t| t.len() as u64)),
                 _ => (1, 0),
             };
-            tx.execute(
+            tx.exec(
                 "INSERT INTO inodes(ino, kind, perm, uid, gid, size, atime, mtime, ctime, nlink, target, rdev)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9, ?10)",
                 params![
@@ -388,7 +413,7 @@ impl SqliteMeta {
                     rdev as i64
                 ],
             )?;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO dentries(parent, name, ino) VALUES (?1, ?2, ?3)",
                 params![parent as i64, name, ino as i64],
             )?;
@@ -410,7 +435,7 @@ impl SqliteMeta {
             if lookup_tx(tx, parent, name)?.is_some() {
                 return Err(MetaError::Exists);
             }
-            tx.execute(
+            tx.exec(
                 "INSERT INTO dentries(parent, name, ino) VALUES (?1, ?2, ?3)",
                 params![parent as i64, name, ino as i64],
             )?;
@@ -497,11 +522,11 @@ impl SqliteMeta {
             if exchange {
                 let dst = dst.ok_or(MetaError::NotFound)?;
                 let dst_i = get_inode_tx(tx, dst)?;
-                tx.execute(
+                tx.exec(
                     "UPDATE dentries SET ino=?3 WHERE parent=?1 AND name=?2",
                     params![parent as i64, name, dst as i64],
                 )?;
-                tx.execute(
+                tx.exec(
                     "UPDATE dentries SET ino=?3 WHERE parent=?1 AND name=?2",
                     params![newparent as i64, newname, src as i64],
                 )?;
@@ -542,7 +567,7 @@ impl SqliteMeta {
                     }
                 }
             }
-            tx.execute(
+            tx.exec(
                 "UPDATE dentries SET parent=?3, name=?4 WHERE parent=?1 AND name=?2",
                 params![parent as i64, name, newparent as i64, newname],
             )?;
@@ -553,7 +578,7 @@ impl SqliteMeta {
             } else {
                 touch_dir_tx(tx, parent, now, 0)?;
             }
-            tx.execute(
+            tx.exec(
                 "UPDATE inodes SET ctime=?2 WHERE ino=?1",
                 params![src as i64, now],
             )?;
@@ -623,7 +648,7 @@ impl SqliteMeta {
 
     pub fn inline_data(&self, ino: Ino) -> Result<Option<Vec<u8>>> {
         self.read(|c| {
-            Ok(c.query_row(
+            Ok(c.row(
                 "SELECT inline FROM inodes WHERE ino=?1",
                 [ino as i64],
                 |r| r.get(0),
@@ -647,11 +672,11 @@ impl SqliteMeta {
         self.write(|tx| {
             mark_chunks_dead_tx(tx, inode.ino, keep_below)?;
             for c in chunks {
-                tx.execute(
+                tx.exec(
                     "INSERT OR IGNORE INTO dead_chunks(id) SELECT id FROM chunks WHERE ino=?1 AND idx=?2",
                     params![inode.ino as i64, c.idx as i64],
                 )?;
-                tx.execute(
+                tx.exec(
                     "INSERT OR REPLACE INTO chunks(ino, idx, id, plain_len, stored_len, digest)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![
@@ -666,7 +691,7 @@ impl SqliteMeta {
             }
             // Only the columns a file's data owns: the inode was read before a background
             // upload finished, and a chmod, chown or link since must not be undone.
-            tx.execute(
+            tx.exec(
                 "UPDATE inodes SET inline=?2, size=?3, mtime=?4, ctime=MAX(ctime, ?5) WHERE ino=?1",
                 params![
                     inode.ino as i64,
@@ -684,7 +709,7 @@ impl SqliteMeta {
     /// Bookkeeping only (not metadata the bucket sees), so it does not bump the generation.
     pub fn add_staged(&self, name: &str, ino: Ino, idx: u64) -> Result<()> {
         let conn = self.conn.lock();
-        conn.execute(
+        conn.exec(
             "INSERT OR REPLACE INTO staged(name, ino, idx) VALUES (?1, ?2, ?3)",
             params![name, ino as i64, idx as i64],
         )?;
@@ -693,7 +718,7 @@ impl SqliteMeta {
 
     pub fn remove_staged(&self, name: &str) -> Result<()> {
         let conn = self.conn.lock();
-        conn.execute("DELETE FROM staged WHERE name=?1", params![name])?;
+        conn.exec("DELETE FROM staged WHERE name=?1", params![name])?;
         Ok(())
     }
 
@@ -753,7 +778,7 @@ impl SqliteMeta {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         for id in ids {
-            tx.execute("DELETE FROM dead_chunks WHERE id=?1", [id.to_vec()])?;
+            tx.exec("DELETE FROM dead_chunks WHERE id=?1", [id.to_vec()])?;
         }
         tx.commit()?;
         Ok(())
@@ -762,7 +787,7 @@ impl SqliteMeta {
     /// (number of inodes, sum of file sizes) for statfs.
     pub fn usage(&self) -> Result<(u64, u64)> {
         self.read(|c| {
-            Ok(c.query_row(
+            Ok(c.row(
                 "SELECT COUNT(*), COALESCE(SUM(CASE WHEN kind=1 THEN size ELSE 0 END), 0) FROM inodes",
                 [],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
@@ -772,7 +797,7 @@ impl SqliteMeta {
 
     pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
         self.read(|c| {
-            Ok(c.query_row(
+            Ok(c.row(
                 "SELECT value FROM xattrs WHERE ino=?1 AND name=?2",
                 params![ino as i64, name],
                 |r| r.get(0),
@@ -793,7 +818,7 @@ impl SqliteMeta {
     ) -> Result<()> {
         self.write(|tx| {
             let exists = tx
-                .query_row(
+                .row(
                     "SELECT 1 FROM xattrs WHERE ino=?1 AND name=?2",
                     params![ino as i64, name],
                     |_| Ok(()),
@@ -806,11 +831,11 @@ impl SqliteMeta {
             if replace && !exists {
                 return Err(MetaError::NotFound);
             }
-            tx.execute(
+            tx.exec(
                 "INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES (?1, ?2, ?3)",
                 params![ino as i64, name, value],
             )?;
-            tx.execute(
+            tx.exec(
                 "UPDATE inodes SET ctime=?2 WHERE ino=?1",
                 params![ino as i64, now],
             )?;
@@ -832,14 +857,14 @@ impl SqliteMeta {
 
     pub fn remove_xattr(&self, ino: Ino, name: &[u8], now: i64) -> Result<()> {
         self.write(|tx| {
-            let n = tx.execute(
+            let n = tx.exec(
                 "DELETE FROM xattrs WHERE ino=?1 AND name=?2",
                 params![ino as i64, name],
             )?;
             if n == 0 {
                 return Err(MetaError::NotFound);
             }
-            tx.execute(
+            tx.exec(
                 "UPDATE inodes SET ctime=?2 WHERE ino=?1",
                 params![ino as i64, now],
             )?;
@@ -856,8 +881,7 @@ impl SqliteMeta {
     pub fn export_marked(&self) -> Result<(Snapshot, Vec<[u8; 16]>, i64)> {
         let conn = self.conn.lock();
         let tx = conn.unchecked_transaction()?;
-        let mark: i64 =
-            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
+        let mark: i64 = tx.row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
         let mut snap = Snapshot {
             version: super::snapshot::SNAPSHOT_VERSION,
             ..Snapshot::default()
@@ -935,7 +959,7 @@ impl SqliteMeta {
             }
         }
         let next: Vec<u8> = tx
-            .query_row("SELECT value FROM state WHERE key='next_ino'", [], |r| {
+            .row("SELECT value FROM state WHERE key='next_ino'", [], |r| {
                 r.get(0)
             })
             .optional()?
@@ -962,7 +986,7 @@ impl SqliteMeta {
 
 fn delete_inode_tx(tx: &Connection, ino: Ino) -> Result<()> {
     mark_chunks_dead_tx(tx, ino, 0)?;
-    tx.execute("DELETE FROM xattrs WHERE ino=?1", [ino as i64])?;
-    tx.execute("DELETE FROM inodes WHERE ino=?1", [ino as i64])?;
+    tx.exec("DELETE FROM xattrs WHERE ino=?1", [ino as i64])?;
+    tx.exec("DELETE FROM inodes WHERE ino=?1", [ino as i64])?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::super::journal::{RemovedXattr, Segment, SEGMENT_VERSION};
 use super::super::snapshot::{SnapDentry, SnapInode, SnapXattr, Snapshot};
-use super::{chunk_ref, row_inode, FileKind, MetaError, Result, SqliteMeta, INODE_COLS};
+use super::{chunk_ref, row_inode, Cached, FileKind, MetaError, Result, SqliteMeta, INODE_COLS};
 
 // Table codes in `changes`: 1 inodes (a = ino), 2 dentries (a = cookie), 3 chunks (a = ino,
 // b = idx), 4 xattrs (a = ino, b = name). A key is logged once, under its newest id, so a
@@ -177,7 +177,7 @@ fn apply_segment_tx(tx: &Connection, seg: &Segment) -> Result<()> {
     // Removals first: an entry's (parent, name) may have moved to another cookie. Any
     // remaining clash is with a row this segment also rewrites, so REPLACE is exact.
     insert_rows(tx, &seg.inodes, &seg.dentries, &seg.chunks, &seg.xattrs)?;
-    tx.execute(
+    tx.exec(
         "INSERT OR REPLACE INTO state(key, value) VALUES ('next_ino', ?1)",
         params![seg.next_ino.to_le_bytes().to_vec()],
     )?;
@@ -188,7 +188,7 @@ impl SqliteMeta {
     /// Whether there are changes not yet in any commit.
     pub fn has_changes(&self) -> Result<bool> {
         self.read(|c| {
-            Ok(c.query_row("SELECT 1 FROM changes LIMIT 1", [], |_| Ok(()))
+            Ok(c.row("SELECT 1 FROM changes LIMIT 1", [], |_| Ok(()))
                 .optional()?
                 .is_some())
         })
@@ -199,8 +199,7 @@ impl SqliteMeta {
     pub fn export_changes(&self) -> Result<(Segment, i64, Vec<[u8; 16]>)> {
         let conn = self.conn.lock();
         let tx = conn.unchecked_transaction()?;
-        let mark: i64 =
-            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
+        let mark: i64 = tx.row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
         let mut seg = Segment {
             version: SEGMENT_VERSION,
             ..Segment::default()
@@ -298,7 +297,7 @@ impl SqliteMeta {
             }
         }
         let next: Vec<u8> = tx
-            .query_row("SELECT value FROM state WHERE key='next_ino'", [], |r| {
+            .row("SELECT value FROM state WHERE key='next_ino'", [], |r| {
                 r.get(0)
             })
             .optional()?
@@ -327,7 +326,7 @@ impl SqliteMeta {
     pub fn finish_commit(&self, mark: i64, state: &[(&str, Vec<u8>)]) -> Result<()> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
-        tx.execute("DELETE FROM changes WHERE id <= ?1", [mark])?;
+        tx.exec("DELETE FROM changes WHERE id <= ?1", [mark])?;
         set_state_tx(&tx, state)?;
         tx.commit()?;
         Ok(())
@@ -344,7 +343,7 @@ impl SqliteMeta {
         self.write(|tx| {
             tx.execute_batch(DROP_FOR_BULK)?;
             insert_rows(tx, &snap.inodes, &snap.dentries, &snap.chunks, &snap.xattrs)?;
-            tx.execute(
+            tx.exec(
                 "INSERT OR REPLACE INTO state(key, value) VALUES ('next_ino', ?1)",
                 params![snap.next_ino.to_le_bytes().to_vec()],
             )?;
@@ -368,11 +367,11 @@ impl SqliteMeta {
     pub fn apply_segments(&self, segments: &[Segment], state: &[(&str, Vec<u8>)]) -> Result<()> {
         self.write(|tx| {
             let before: i64 =
-                tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
+                tx.row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
             for seg in segments {
                 apply_segment_tx(tx, seg)?;
             }
-            tx.execute("DELETE FROM changes WHERE id > ?1", [before])?;
+            tx.exec("DELETE FROM changes WHERE id > ?1", [before])?;
             set_state_tx(tx, state)?;
             Ok(())
         })
@@ -384,12 +383,12 @@ impl SqliteMeta {
         self.read(|c| {
             let mut out = Vec::new();
             let root: Option<i64> = c
-                .query_row("SELECT kind FROM inodes WHERE ino=1", [], |r| r.get(0))
+                .row("SELECT kind FROM inodes WHERE ino=1", [], |r| r.get(0))
                 .optional()?;
             if root != Some(FileKind::Dir.to_i64()) {
                 out.push("no root directory".to_string());
             }
-            let n: i64 = c.query_row(
+            let n: i64 = c.row(
                 "SELECT COUNT(*) FROM dentries d LEFT JOIN inodes p ON p.ino=d.parent
                  LEFT JOIN inodes i ON i.ino=d.ino WHERE p.kind IS NOT 2 OR i.ino IS NULL",
                 [],
@@ -398,7 +397,7 @@ impl SqliteMeta {
             if n > 0 {
                 out.push(format!("{n} directory entries are dangling"));
             }
-            let n: i64 = c.query_row(
+            let n: i64 = c.row(
                 "SELECT COUNT(*) FROM chunks c LEFT JOIN inodes i ON i.ino=c.ino WHERE i.kind IS NOT 1",
                 [],
                 |r| r.get(0),
