@@ -16,8 +16,13 @@
 #   stat        find | xargs stat after unmount, drop_caches, remount       s
 #   grep -r     grep -r over every file                                     s
 #   rm -rf      delete the whole tree                                       s
+#   stat again  the same find | xargs stat once more (kernel caches warm)     s
 #   plus mount and final unmount times, peak daemon RSS (VmHWM, max over every daemon
 #   process of that filesystem) and the total wall time per filesystem.
+# cryptbucket only: backend requests (its `status --json` counters) for untar incl. flush and
+# for the cold and warm stat passes (both must be 0: cached metadata makes no request); on S3,
+# a 16-thread boto3 download of the same chunk objects its cold read fetched, the reference
+# for the cold-read target (printed under the table as a percentage).
 # Ratios are cryptbucket's advantage over the peer: >1 means cryptbucket is better
 # (faster, or less memory). The table is also written to bench/results/<timestamp>.md.
 #
@@ -436,14 +441,19 @@ mount_rclone() {
         --rc --rc-addr "127.0.0.1:$RC_PORT" --rc-no-auth
 }
 flush_rclone() { # wait until rclone's VFS has nothing left to upload
-    local i out
+    # Zero for 2 s in a row: a file closed a moment ago is not in rclone's queue yet (with a
+    # single zero reading, rclone lost files at unmount).
+    local i out zero=0
     for i in $(seq 1 6000); do
         out=$(rclone_env rclone rc --url "http://127.0.0.1:$RC_PORT/" vfs/stats 2>/dev/null) || out=""
         if [ -n "$out" ] && python3 -c '
 import json, sys
 d = json.load(sys.stdin).get("diskCache", {})
 sys.exit(0 if d.get("uploadsInProgress", 1) == 0 and d.get("uploadsQueued", 1) == 0 else 1)' <<<"$out"; then
-            return 0
+            zero=$((zero + 1))
+            [ "$zero" -ge 20 ] && return 0
+        else
+            zero=0
         fi
         sleep 0.1
     done
@@ -462,6 +472,39 @@ mount_s3fs() {
         -o endpoint=us-east-1
 }
 unmount_s3fs() { fg_unmount s3fs "$1"; }
+
+# Backend requests a cryptbucket daemon made since it started (`status --json`); "" for peers.
+cb_requests() { # FS MNT
+    case "$1" in cb_*) "$CB" status --json "$2" 2>/dev/null |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["backend"]["requests"])' ||
+        true ;;
+    esac
+}
+
+# The same chunk objects cryptbucket just read, downloaded straight from the server by 16
+# threads (boto3 from the moto venv): the reference for the cold-read target (issue 6).
+direct_download() {
+    "$HOME/.cache/cryptbucket/venv/bin/python" - "$EP" cb-bench vol/d/ <<'PYEOF'
+import sys, time, concurrent.futures as cf
+import boto3
+from botocore.config import Config
+ep, bucket, prefix = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=ep, region_name="us-east-1", aws_access_key_id="test",
+                  aws_secret_access_key="test", config=Config(max_pool_connections=32))
+keys, tok = [], None
+while True:
+    kw = dict(Bucket=bucket, Prefix=prefix, **({"ContinuationToken": tok} if tok else {}))
+    r = s3.list_objects_v2(**kw)
+    keys += [o["Key"] for o in r.get("Contents", [])]
+    if not r.get("IsTruncated"):
+        break
+    tok = r["NextContinuationToken"]
+t = time.time()
+with cf.ThreadPoolExecutor(16) as ex:
+    n = sum(ex.map(lambda k: len(s3.get_object(Bucket=bucket, Key=k)["Body"].read()), keys))
+print("%.1f" % (n / 1e6 / (time.time() - t)))
+PYEOF
+}
 
 # ---------------------------------------------------------------------------------------------
 # One filesystem through every workload.
@@ -494,6 +537,10 @@ bench_fs() { # FS MiB N
     timed dd if="$mnt/big" of=/dev/null bs=1M status=none
     rec "$fs" read_mbs "$(mbs "$mib" "$T")"
     cmp -s "$src" "$mnt/big" || { log "$fs: big file read back differs from what was written"; return 1; }
+    if [ "$fs" = cb_s3 ]; then
+        log "$fs: direct parallel download of the same objects"
+        rec "$fs" direct_mbs "$(direct_download)"
+    fi
     rm -f "$mnt/big"
 
     log "$fs: untar $n files"
@@ -503,14 +550,21 @@ bench_fs() { # FS MiB N
     rec "$fs" untar_fps "$(div "$n" "$t_w")"
     timed "$flush" "$mnt"
     t_f=$T
+    rec "$fs" req_untar "$(cb_requests "$fs" "$mnt")"
     timed "unmount_$fs" "$mnt"
     rec "$fs" untar_durable_fps "$(div "$n" "$(add "$t_w" "$(add "$t_f" "$T")")")"
 
     log "$fs: find | xargs stat, grep -r, rm -rf"
     drop_caches
     "mount_$fs" "$mnt"
+    local r0
+    r0=$(cb_requests "$fs" "$mnt")
     timed bash -c 'cd "$1" && find . -print0 | xargs -0 stat >/dev/null' _ "$mnt"
     rec "$fs" stat_s "$T"
+    [ -n "$r0" ] && rec "$fs" req_stat "$(($(cb_requests "$fs" "$mnt") - r0))"
+    timed bash -c 'cd "$1" && find . -print0 | xargs -0 stat >/dev/null' _ "$mnt"
+    rec "$fs" stat2_s "$T"
+    [ -n "$r0" ] && rec "$fs" req_stat2 "$(($(cb_requests "$fs" "$mnt") - r0))"
     t0=$EPOCHREALTIME
     cnt=$(grep -r -l -F "$NEEDLE" "$mnt/tree" | wc -l)
     T=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
@@ -592,6 +646,11 @@ rows = [  # key, label, higher is better
     ("mount_s", "mount (s)", False),
     ("unmount_s", "final unmount (s)", False),
     ("rss_mib", "peak daemon RSS (MiB)", False),
+    ("direct_mbs", "direct 16-thread download of the same objects (MB/s)", True),
+    ("req_untar", "backend requests: untar incl. flush", False),
+    ("req_stat", "backend requests: cold find \\| xargs stat (after mount)", False),
+    ("req_stat2", "backend requests: + the same stat again (cached)", False),
+    ("stat2_s", "find \\| xargs stat again, warm (s)", False),
     ("wall_s", "total wall time (s)", False),
 ]
 cols, ratios = [], []
@@ -622,7 +681,9 @@ head = ["workload"] + [c[1] for c in cols] + [r[2] for r in ratios]
 print("| " + " | ".join(head) + " |")
 print("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
 for k, label, hib in rows:
-    line = [label] + [fmt(val(fs, k)) for fs, _ in cols]
+    if not any(res.get(fs, {}).get(k, "") for fs, _ in cols):
+        continue
+    line = [label] + [fmt(val(fs, k)) if not k.startswith("req_") else val(fs, k) for fs, _ in cols]
     for a, b, _ in ratios:
         x, y = num(a, k), num(b, k)
         if x is None or y is None or x <= 0 or y <= 0:
@@ -630,6 +691,10 @@ for k, label, hib in rows:
         else:
             line.append("%.2f×" % ((x / y) if hib else (y / x)))
     print("| " + " | ".join(line) + " |")
+r, d = num("cb_s3", "read_mbs"), num("cb_s3", "direct_mbs")
+if run_s3 and r and d:
+    print("\nS3 cold read after remount vs a 16-thread direct download of the same objects: "
+          "%.0f / %.0f MB/s = %.0f %% (target 80 %%)" % (r, d, 100 * r / d))
 PYEOF
 
 {

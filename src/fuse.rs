@@ -18,7 +18,17 @@ use parking_lot::Mutex;
 use crate::meta::FileKind;
 use crate::vfs::{Attr, Ctx, SetAttr, SetTime, Vfs, VfsError};
 
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may keep names and attributes without asking again. A writable
+/// mount is the volume's only writer (the lease) and every change passes through it, so the
+/// kernel's caches stay right for long; a read-only mount can follow another machine's
+/// writes (`--follow`), which the kernel cannot see: it asks again after a second.
+static TTL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+const TTL_WRITER: Duration = Duration::from_secs(30);
+const TTL_READER: Duration = Duration::from_secs(1);
+
+fn ttl() -> &'static Duration {
+    TTL.get().unwrap_or(&TTL_READER)
+}
 const WORKERS: usize = 16;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -65,6 +75,11 @@ pub struct FuseFs {
 
 impl FuseFs {
     pub fn new(vfs: Arc<Vfs>) -> Self {
+        let _ = TTL.set(if vfs.is_read_only() {
+            TTL_READER
+        } else {
+            TTL_WRITER
+        });
         FuseFs {
             vfs,
             pool: Pool::new(WORKERS),
@@ -499,7 +514,7 @@ impl Filesystem for FuseFs {
         let name = name.as_bytes().to_vec();
         self.pool
             .run(move || match vfs.create(&c, parent, &name, mode) {
-                Ok((a, fh)) => reply.created(&TTL, &fattr(&a), 0, fh, 0),
+                Ok((a, fh)) => reply.created(ttl(), &fattr(&a), 0, fh, 0),
                 Err(e) => fail!(reply, "create", e),
             });
     }
@@ -507,14 +522,14 @@ impl Filesystem for FuseFs {
 
 fn reply_entry(reply: ReplyEntry, op: &str, r: crate::vfs::Result<Attr>) {
     match r {
-        Ok(a) => reply.entry(&TTL, &fattr(&a), 0),
+        Ok(a) => reply.entry(ttl(), &fattr(&a), 0),
         Err(e) => fail!(reply, op, e),
     }
 }
 
 fn reply_attr(reply: ReplyAttr, op: &str, r: crate::vfs::Result<Attr>) {
     match r {
-        Ok(a) => reply.attr(&TTL, &fattr(&a)),
+        Ok(a) => reply.attr(ttl(), &fattr(&a)),
         Err(e) => fail!(reply, op, e),
     }
 }
