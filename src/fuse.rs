@@ -453,6 +453,10 @@ impl Filesystem for FuseFs {
         size: u32,
         reply: ReplyXattr,
     ) {
+        if !Vfs::xattr_may_exist(name.as_bytes()) {
+            // Answered here: no worker hand-off, no database read.
+            return fail!(reply, "getxattr", VfsError::NoAttr);
+        }
         let vfs = self.vfs.clone();
         let name = name.as_bytes().to_vec();
         self.pool.run(move || match vfs.getxattr(ino, &name) {

@@ -464,6 +464,12 @@ impl Vfs {
         })
     }
 
+    /// Only `user.` attributes can be stored: any other name is known absent without a
+    /// lookup. (The kernel asks for `security.capability` before every write.)
+    pub fn xattr_may_exist(name: &[u8]) -> bool {
+        name.starts_with(b"user.")
+    }
+
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
         self.meta.get_inode(ino)?;
         self.meta.get_xattr(ino, name)?.ok_or(VfsError::NoAttr)
