@@ -19,6 +19,33 @@ fn status_json(mnt: &Path) -> serde_json::Value {
     serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("status --json: {e}: {o}"))
 }
 
+/// Poll `status --json` until `ok` holds (at most 60 s).
+fn wait_status(
+    mnt: &Path,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let st = status_json(mnt);
+        if ok(&st) {
+            return st;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "timed out waiting for {what}: {st}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Drop a file's pages from the kernel's page cache, then read it all (so the reads reach
+/// the daemon).
+const DROP_AND_READ: &str = "import os,sys\n\
+fd=os.open(sys.argv[1], os.O_RDONLY)\n\
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)\n\
+while os.read(fd, 1<<20): pass\n";
+
 fn write_config(path: &Path, text: &str) {
     fs::write(path, text).expect("write config");
 }
@@ -95,8 +122,14 @@ fn config_volume_with_passphrase_command_and_status() {
     o.assert_clean_failure()
         .assert_stderr_mentions(&["exit code 7"]);
 
-    // Mount by name: mountpoint and cache dir from the file.
-    let o = run(cbc().args(["mount", "vault"]), CMD_TIMEOUT);
+    // Mount by name: mountpoint and cache dir from the file. Uploads are throttled (about
+    // 5 s for a 2 MiB chunk) so the test can watch them pending.
+    let o = run(
+        cbc()
+            .args(["mount", "vault"])
+            .env("CRYPTBUCKET_TEST_THROTTLE_BPS", "400000"),
+        CMD_TIMEOUT,
+    );
     let m = Mount::adopt(&mnt, &w.join("cache"));
     o.assert_ok();
     assert!(is_mounted(&mnt), "{o}");
@@ -169,6 +202,89 @@ fn config_volume_with_passphrase_command_and_status() {
     assert_eq!(st["backend"]["errors"], 0, "{st}");
     assert_eq!(fs::metadata(&file).unwrap().len(), 300 * KIB as u64);
 
+    // The writer lease: held by this daemon, renewed in the store, not yet run out.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let lease = &st["lease"];
+    assert_eq!(lease["state"], "held", "{st}");
+    assert_eq!(lease["pid"], st["pid"], "{st}");
+    assert!(
+        lease["host"].as_str().is_some_and(|h| !h.is_empty()),
+        "{st}"
+    );
+    assert!(
+        lease["holder"].as_str().is_some_and(|h| !h.is_empty()),
+        "{st}"
+    );
+    assert!(lease["last_renewed"].as_u64().unwrap() <= now, "{st}");
+    assert!(lease["expires"].as_u64().unwrap() > now, "{st}");
+
+    // Uploads pending: a 2 MiB file closed while uploads are throttled shows as waiting, with
+    // its chunk queued or in flight, and all of it clears once the upload is done.
+    let big = mnt.join("throttled.bin");
+    let data = random_bytes(2 * MIB);
+    fs::write(&big, &data).unwrap();
+    let num = |st: &serde_json::Value, p: &str| {
+        st.pointer(p)
+            .and_then(|v| v.as_u64())
+            .unwrap_or_else(|| panic!("{p} missing: {st}"))
+    };
+    let pending = wait_status(&mnt, "an upload in flight", |st| {
+        num(st, "/files_waiting") > 0
+            && num(st, "/uploads_queued") + num(st, "/backend/uploads_in_flight") > 0
+    });
+    assert!(num(&pending, "/dirty_bytes") > 0, "{pending}");
+    let done = wait_status(&mnt, "uploads to finish", |st| {
+        num(st, "/files_waiting") == 0
+            && num(st, "/uploads_queued") == 0
+            && num(st, "/backend/uploads_in_flight") == 0
+    });
+    assert_eq!(done["dirty_bytes"], 0, "{done}");
+    assert!(
+        num(&done, "/backend/bytes_uploaded")
+            >= num(&pending, "/backend/bytes_uploaded") + 2 * MIB as u64,
+        "the chunk was uploaded: {pending} then {done}"
+    );
+
+    // The disk cache: its bound, and reads counted as misses (from the store) and hits.
+    // Dropping the file's pages from the kernel's cache makes each read reach the daemon.
+    assert_eq!(
+        done["cache"]["limit"],
+        2u64 << 30,
+        "default --cache-size: {done}"
+    );
+    let misses_before = num(&done, "/cache/misses");
+    let hits_before = num(&done, "/cache/hits");
+    for _ in 0..2 {
+        let o = run(
+            Command::new("python3")
+                .arg("-c")
+                .arg(DROP_AND_READ)
+                .arg(&big),
+            CMD_TIMEOUT,
+        );
+        o.assert_ok();
+    }
+    let st = status_json(&mnt);
+    assert!(
+        num(&st, "/cache/misses") > misses_before,
+        "first read from the store: {st}"
+    );
+    assert!(
+        num(&st, "/cache/hits") > hits_before,
+        "second read from the cache: {st}"
+    );
+    let rate = st["cache"]["hit_rate"].as_f64().expect("hit_rate");
+    assert!(rate > 0.0 && rate < 1.0, "{st}");
+    assert!(
+        num(&st, "/cache/bytes") >= 2 * MIB as u64,
+        "the chunk is in the disk cache: {st}"
+    );
+    assert!(num(&st, "/cache/bytes") <= num(&st, "/cache/limit"), "{st}");
+    assert!(fs::read(&big).unwrap() == data, "content read back");
+
     // Without a mountpoint: every live mount, as an array; human output names the mount.
     let o = run(cb().args(["status", "--json"]), CMD_TIMEOUT);
     o.assert_ok();
@@ -184,6 +300,11 @@ fn config_volume_with_passphrase_command_and_status() {
     o.assert_ok();
     assert!(
         o.stdout.contains("waiting to upload") && o.stdout.contains("last commit"),
+        "{o}"
+    );
+    assert!(o.stdout.contains("lease:    held by this mount"), "{o}");
+    assert!(
+        o.stdout.contains("cache:    ") && o.stdout.contains("of 2.0 GiB on disk, hit rate "),
         "{o}"
     );
 

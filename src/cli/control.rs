@@ -10,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use cryptbucket::data::CacheStats;
 use cryptbucket::gc::GcReport;
+use cryptbucket::meta::lease::{Lease, LeaseState, LeaseStatus};
 use cryptbucket::vfs::Vfs;
 
 use super::metrics::{CounterSnapshot, Counters};
@@ -60,6 +62,77 @@ pub struct Status {
     /// Seconds since the epoch of the last commit that reached the store (None: not yet).
     pub last_commit: Option<f64>,
     pub backend: BackendStatus,
+    /// (Defaults: answers of a daemon older than these fields still parse.)
+    #[serde(default)]
+    pub cache: CacheStatus,
+    #[serde(default)]
+    pub lease: LeaseReport,
+}
+
+/// The disk cache of sealed chunks and how often reads are answered locally.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CacheStatus {
+    /// Bytes of chunks in the disk cache.
+    pub bytes: u64,
+    /// Its bound (`--cache-size`).
+    pub limit: u64,
+    /// Chunk reads answered from the memory or disk cache.
+    pub hits: u64,
+    /// Chunk reads that needed the store.
+    pub misses: u64,
+    /// hits / (hits + misses); None before the first read.
+    pub hit_rate: Option<f64>,
+}
+
+impl From<CacheStats> for CacheStatus {
+    fn from(c: CacheStats) -> Self {
+        let reads = c.hits + c.misses;
+        CacheStatus {
+            bytes: c.disk_bytes,
+            limit: c.disk_limit,
+            hits: c.hits,
+            misses: c.misses,
+            hit_rate: (reads > 0).then(|| c.hits as f64 / reads as f64),
+        }
+    }
+}
+
+/// The writer lease as this mount sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseReport {
+    /// `held`, `expired` (not renewed in time: store unreachable?), `lost` (another mount
+    /// took it) or `none` (read-only mount).
+    pub state: String,
+    /// The holder's id (one per cache directory), host and pid; None when not taken.
+    pub holder: Option<String>,
+    pub host: Option<String>,
+    pub pid: Option<u32>,
+    /// Seconds since the epoch: when it was taken, last renewed in the store, and when that
+    /// renewal runs out.
+    pub since: Option<u64>,
+    pub last_renewed: Option<u64>,
+    pub expires: Option<u64>,
+}
+
+impl From<LeaseStatus> for LeaseReport {
+    fn from(l: LeaseStatus) -> Self {
+        let state = match l.state {
+            LeaseState::Held => "held",
+            LeaseState::Expired => "expired",
+            LeaseState::Lost => "lost",
+            LeaseState::NotTaken => "none",
+        };
+        let taken = l.state != LeaseState::NotTaken;
+        LeaseReport {
+            state: state.into(),
+            holder: taken.then(|| l.info.holder.clone()),
+            host: taken.then(|| l.info.host.clone()),
+            pid: taken.then_some(l.info.pid),
+            since: taken.then_some(l.info.since),
+            last_renewed: l.renewed,
+            expires: l.expires,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -87,6 +160,7 @@ struct Server {
     info: Info,
     vfs: Arc<Vfs>,
     counters: Arc<Counters>,
+    lease: Arc<Lease>,
     started: SystemTime,
     since: Instant,
 }
@@ -115,6 +189,8 @@ impl Server {
             uncommitted_changes: s.uncommitted,
             last_commit: s.last_commit_ns.map(|ns| ns as f64 / 1e9),
             backend: self.counters.snapshot().into(),
+            cache: s.cache.into(),
+            lease: self.lease.status().into(),
         }
     }
 
@@ -151,7 +227,7 @@ impl Server {
 }
 
 /// Listen on the mount's control socket in a background thread.
-pub fn start(info: Info, vfs: Arc<Vfs>, counters: Arc<Counters>) -> Result<()> {
+pub fn start(info: Info, vfs: Arc<Vfs>, counters: Arc<Counters>, lease: Arc<Lease>) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(&info.mountpoint);
     let _ = std::fs::remove_file(&path);
@@ -162,6 +238,7 @@ pub fn start(info: Info, vfs: Arc<Vfs>, counters: Arc<Counters>) -> Result<()> {
         info,
         vfs,
         counters,
+        lease,
         started: SystemTime::now(),
         since: Instant::now(),
     };

@@ -291,7 +291,9 @@ fn serve(
     };
     let mut notifier =
         super::desktop::Notifier::new(args.desk.notify, mnt.clone(), info.log.clone());
-    if let Err(e) = super::control::start(info, vol.vfs.clone(), counters.clone()) {
+    if let Err(e) =
+        super::control::start(info, vol.vfs.clone(), counters.clone(), vol.lease.clone())
+    {
         tracing::warn!("no status for this mount: {e:#}");
     }
     tracing::info!("mounted volume {} at {}", vol.volume_id, mnt.display());

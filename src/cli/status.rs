@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::control::{self, Status};
+use super::control::{self, LeaseReport, Status};
 use super::mount::runtime_dir;
 
 #[derive(Args, Debug)]
@@ -103,10 +103,22 @@ pub fn human(st: &Status) -> String {
         "everything committed"
     };
     let b = &st.backend;
+    let c = &st.cache;
+    let hits = match c.hit_rate {
+        Some(r) => format!(
+            "hit rate {:.0}% ({} of {} chunk reads answered locally)",
+            r * 100.0,
+            c.hits,
+            c.hits + c.misses
+        ),
+        None => "hit rate: no reads yet".into(),
+    };
     format!(
         "{}\n  store:    {} (volume {})\n  daemon:   pid {}, up {}, log {}\n  \
          writes:   {} open files, {} in {} files waiting to upload, {} chunks queued, {} uploads in flight\n  \
          metadata: {pending}; last commit {commit}\n  \
+         cache:    {} of {} on disk, {hits}\n  \
+         lease:    {}\n  \
          backend:  {} requests, {} errors, {} up, {} down\n",
         st.mountpoint.display(),
         st.store,
@@ -122,11 +134,37 @@ pub fn human(st: &Status) -> String {
         st.files_waiting,
         st.uploads_queued,
         b.uploads_in_flight,
+        bytes(c.bytes),
+        bytes(c.limit),
+        lease(&st.lease, now as u64),
         b.requests,
         b.errors,
         bytes(b.bytes_uploaded),
         bytes(b.bytes_downloaded),
     )
+}
+
+fn lease(l: &LeaseReport, now: u64) -> String {
+    let who = match (&l.host, l.pid) {
+        (Some(h), Some(p)) => format!("{h}, pid {p}"),
+        _ => "this mount".into(),
+    };
+    let renewed = match l.last_renewed {
+        Some(t) => format!("renewed {} ago", duration(now.saturating_sub(t))),
+        None => "never written to the store".into(),
+    };
+    match l.state.as_str() {
+        "held" => format!(
+            "held by this mount ({who}), {renewed}, valid {} more",
+            duration(l.expires.unwrap_or(now).saturating_sub(now))
+        ),
+        "expired" => format!(
+            "EXPIRED: not renewed in the store in time (unreachable?), {renewed}; retried every 20s"
+        ),
+        "lost" => "LOST: another mount took the writer lease; changes here stay local".into(),
+        "none" => "none (read-only mount)".into(),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -140,5 +178,29 @@ mod tests {
         assert_eq!(bytes(5 << 30), "5.0 GiB");
         assert_eq!(duration(59), "59s");
         assert_eq!(duration(3 * 3600 + 120), "3h 2m");
+    }
+
+    #[test]
+    fn lease_states_read_well() {
+        let mut l = LeaseReport {
+            state: "held".into(),
+            holder: Some("ab12".into()),
+            host: Some("laptop".into()),
+            pid: Some(42),
+            since: Some(900),
+            last_renewed: Some(990),
+            expires: Some(1050),
+        };
+        assert_eq!(
+            lease(&l, 1000),
+            "held by this mount (laptop, pid 42), renewed 10s ago, valid 50s more"
+        );
+        l.state = "expired".into();
+        assert!(lease(&l, 1100).starts_with("EXPIRED"));
+        let ro = LeaseReport {
+            state: "none".into(),
+            ..Default::default()
+        };
+        assert_eq!(lease(&ro, 1000), "none (read-only mount)");
     }
 }

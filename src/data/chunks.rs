@@ -22,6 +22,19 @@ pub type Produce = Box<dyn FnOnce() -> Result<Vec<u8>> + Send>;
 /// Receives the outcome of an upload, on a blocking thread.
 pub type Done = Box<dyn FnOnce(Result<ChunkRef>) + Send>;
 
+/// How well the local caches serve reads, for `cryptbucket status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Bytes of sealed chunks in the disk cache (0 without one).
+    pub disk_bytes: u64,
+    /// The disk cache's bound (0 without one).
+    pub disk_limit: u64,
+    /// Chunk reads answered from the memory block cache or the disk cache.
+    pub hits: u64,
+    /// Chunk reads that needed the store (directly or through read-ahead).
+    pub misses: u64,
+}
+
 pub struct ChunkStore {
     store: Arc<dyn ObjectStore>,
     keys: Arc<VolumeKeys>,
@@ -34,6 +47,8 @@ pub struct ChunkStore {
     /// Read-ahead downloads running at once.
     prefetchers: Arc<tokio::sync::Semaphore>,
     ahead: Arc<Ahead>,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 /// Read-ahead downloads running at once.
@@ -56,7 +71,24 @@ impl ChunkStore {
             disk: None,
             prefetchers: Arc::new(tokio::sync::Semaphore::new(PREFETCHERS)),
             ahead: Arc::new(Ahead::default()),
+            hits: Default::default(),
+            misses: Default::default(),
         }
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        CacheStats {
+            disk_bytes: self.disk.as_ref().map_or(0, |d| d.bytes()),
+            disk_limit: self.disk.as_ref().map_or(0, |d| d.limit()),
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+        }
+    }
+
+    fn count(&self, hit: bool) {
+        let c = if hit { &self.hits } else { &self.misses };
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Keep whole sealed chunks in `disk` (reads then fetch whole chunks).
@@ -206,6 +238,7 @@ impl ChunkStore {
                         plain.drain(..lo);
                     }
                     plain.truncate((end - off) as usize);
+                    self.count(false);
                     return Ok(plain);
                 }
                 // Damaged on the way: fetched again below, which reports what is wrong.
@@ -222,6 +255,8 @@ impl ChunkStore {
                 self.cache.insert(c.id, b0 + i as u32, data.clone());
                 blocks[miss_lo + i] = Some(data);
             }
+        } else {
+            self.count(true);
         }
         let mut out = Vec::with_capacity((end - off) as usize);
         for (i, b) in blocks.iter().enumerate() {
@@ -244,24 +279,30 @@ impl ChunkStore {
         if let Some(sealed) = self.ahead.get(&c.id) {
             let got = sealed.get(range.start as usize..range.end as usize);
             if let Some(Ok(p)) = got.map(|g| self.open_blocks(c, first, n, g)) {
+                self.count(false);
                 return Ok(p);
             }
             // Damaged on the way: fetched again below, which reports what is wrong.
             self.ahead.forget(&c.id);
         }
         let Some(dc) = &self.disk else {
+            self.count(false);
             let got = self.get_checked(c, Some(range.clone()), range.end - range.start)?;
             return self.open_blocks(c, first, n, &got);
         };
         if let Some(got) = dc.read(&c.id, range.clone()) {
             match self.open_blocks(c, first, n, &got) {
-                Ok(p) => return Ok(p),
+                Ok(p) => {
+                    self.count(true);
+                    return Ok(p);
+                }
                 Err(e) => {
                     tracing::warn!("disk cache entry damaged ({e}); fetching it again");
                     dc.remove(&c.id);
                 }
             }
         }
+        self.count(false);
         let whole = self.get_checked(c, None, c.stored_len.max(range.end))?;
         dc.insert(&c.id, &whole[..c.stored_len.max(range.end) as usize]);
         self.open_blocks(

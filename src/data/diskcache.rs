@@ -86,6 +86,11 @@ impl DiskCache {
         self.inner.lock().bytes
     }
 
+    /// The bound in bytes (`--cache-size`).
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// Bytes `range` of the cached object, if cached and long enough.
     pub fn read(&self, id: &[u8; 16], range: std::ops::Range<u64>) -> Option<Vec<u8>> {
         {

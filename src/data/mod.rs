@@ -7,7 +7,7 @@ pub mod chunks;
 pub mod diskcache;
 pub mod staging;
 
-pub use chunks::{ChunkStore, UPLOAD_WORKERS};
+pub use chunks::{CacheStats, ChunkStore, UPLOAD_WORKERS};
 pub use diskcache::DiskCache;
 pub use staging::Staging;
 

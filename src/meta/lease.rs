@@ -49,6 +49,31 @@ fn when(secs: u64) -> String {
     format!("{secs} (unix time, {ago} s ago)")
 }
 
+/// Where this process stands with the writer lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Held and renewed in time.
+    Held,
+    /// Held, but the last renewal that reached the store has run out (store unreachable?).
+    Expired,
+    /// Taken over by another mount: final.
+    Lost,
+    /// Never taken (a read-only mount).
+    NotTaken,
+}
+
+/// The lease as `cryptbucket status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseStatus {
+    pub state: LeaseState,
+    /// Who holds it (this process, when taken).
+    pub info: LeaseInfo,
+    /// Unix seconds of the last write of the lease object that reached the store.
+    pub renewed: Option<u64>,
+    /// The expiry in that write (what other mounts see), unix seconds.
+    pub expires: Option<u64>,
+}
+
 pub struct Lease {
     store: Arc<dyn ObjectStore>,
     keys: Arc<VolumeKeys>,
@@ -57,6 +82,10 @@ pub struct Lease {
     etag: Mutex<Option<String>>,
     ttl: Duration,
     lost: AtomicBool,
+    /// False for a read-only mount's placeholder.
+    taken: bool,
+    /// (when, expiry written) of the last successful write of the lease object.
+    written: Mutex<Option<(u64, u64)>>,
 }
 
 impl Lease {
@@ -93,6 +122,8 @@ impl Lease {
             etag: Mutex::new(None),
             ttl,
             lost: AtomicBool::new(false),
+            taken: true,
+            written: Mutex::new(None),
         };
         for _ in 0..5 {
             let mode = match lease.current()? {
@@ -140,6 +171,8 @@ impl Lease {
             etag: Mutex::new(None),
             ttl: Duration::ZERO,
             lost: AtomicBool::new(true),
+            taken: false,
+            written: Mutex::new(None),
         }
     }
 
@@ -169,14 +202,37 @@ impl Lease {
     }
 
     fn write(&self, mode: PutMode) -> Result<()> {
-        let plain = serde_json::to_vec(&*self.info.lock())
-            .map_err(|e| MetaError::Corrupt(format!("lease: {e}")))?;
+        let info = self.info.lock().clone();
+        let plain =
+            serde_json::to_vec(&info).map_err(|e| MetaError::Corrupt(format!("lease: {e}")))?;
         let sealed = self.keys.seal_record(RecordKind::Lease, &plain)?;
         let meta = self
             .rt
             .block_on(self.store.put(LEASE_KEY, Bytes::from(sealed), mode))?;
         *self.etag.lock() = meta.etag;
+        *self.written.lock() = Some((now(), info.expires));
         Ok(())
+    }
+
+    /// For `cryptbucket status`: judged from what last reached the store, not from the local
+    /// expiry (which a failed renewal has already moved on).
+    pub fn status(&self) -> LeaseStatus {
+        let written = *self.written.lock();
+        let state = if !self.taken {
+            LeaseState::NotTaken
+        } else if self.lost.load(Ordering::SeqCst) {
+            LeaseState::Lost
+        } else if written.is_none_or(|(_, exp)| exp < now()) {
+            LeaseState::Expired
+        } else {
+            LeaseState::Held
+        };
+        LeaseStatus {
+            state,
+            info: self.info(),
+            renewed: written.map(|w| w.0),
+            expires: written.map(|w| w.1),
+        }
     }
 
     /// Extend the lease. Losing it (someone else took it) is final for this mount.

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 pub use error::{Result, VfsError};
 use files::{OpenFile, WriteBack};
 
-use crate::data::{ChunkStore, Staging};
+use crate::data::{CacheStats, ChunkStore, Staging};
 use crate::meta::remote::RemoteMeta;
 use crate::meta::{FileKind, Ino, Inode, SqliteMeta};
 
@@ -131,6 +131,8 @@ pub struct VfsStats {
     /// Whether the metadata has changes not yet committed to the store.
     pub uncommitted: bool,
     pub last_commit_ns: Option<i64>,
+    /// Disk cache use and how often reads were answered locally.
+    pub cache: CacheStats,
 }
 
 impl Vfs {
@@ -607,6 +609,7 @@ impl Vfs {
             staged_bytes: self.wb.staging.bytes(),
             uncommitted: self.meta.generation() != self.committed_gen.load(Ordering::SeqCst),
             last_commit_ns: (last != 0).then_some(last),
+            cache: self.data.cache_stats(),
         }
     }
 }
