@@ -67,7 +67,7 @@ fn config_volume_with_passphrase_command_and_status() {
             "[volumes.vault]\nstore = \"store\"\ncache_dir = \"cache\"\nmountpoint = \"mnt\"\n\
              passphrase_command = \"cat {}\"\n\
              # no timed commit during the test: it checks uncommitted changes\n\
-             commit_interval = 3600\n",
+             commit_interval = 3600\ncache_size = \"64M\"\n",
             w.join("pass.txt").display()
         ),
     );
@@ -252,8 +252,8 @@ fn config_volume_with_passphrase_command_and_status() {
     // Dropping the file's pages from the kernel's cache makes each read reach the daemon.
     assert_eq!(
         done["cache"]["limit"],
-        2u64 << 30,
-        "default --cache-size: {done}"
+        64u64 << 20,
+        "the file's cache_size: {done}"
     );
     let misses_before = num(&done, "/cache/misses");
     let hits_before = num(&done, "/cache/hits");
@@ -304,7 +304,7 @@ fn config_volume_with_passphrase_command_and_status() {
     );
     assert!(o.stdout.contains("lease:    held by this mount"), "{o}");
     assert!(
-        o.stdout.contains("cache:    ") && o.stdout.contains("of 2.0 GiB on disk, hit rate "),
+        o.stdout.contains("cache:    ") && o.stdout.contains("of 64.0 MiB on disk, hit rate "),
         "{o}"
     );
 

@@ -1,5 +1,5 @@
-//! The configuration file: named volumes (store, endpoint, region, AWS profile, cache dir,
-//! key source, mountpoint) in TOML, and how they fill in what the command line left out.
+//! The configuration file: named volumes (store, endpoint, region, AWS profile, cache dir
+//! and sizes, key source, mountpoint, S3 transport and SSE options) in TOML, and how they fill in what the command line left out.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,6 +61,28 @@ pub struct VolumeConfig {
     pub commit_interval: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sync_on_close: bool,
+    /// Bound of the disk cache of chunks ("2G"; `--cache-size`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_size: Option<String>,
+    /// Cap on staged written data ("1G"; `--staging-size`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staging_size: Option<String>,
+    /// Seconds a store request keeps being retried (`--io-timeout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_timeout: Option<u64>,
+    /// (S3) PEM file of trusted CA certificates, replacing the system roots (`--ca-bundle`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<PathBuf>,
+    /// (S3) Server-side encryption mode: AES256, aws:kms, aws:kms:dsse (`--sse`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse_kms_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bucket_key: bool,
+    /// (S3) SSE-C key file (`--sse-c-key-file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse_c_key_file: Option<PathBuf>,
 }
 
 /// `--config FILE` as given on the command line (set once by main).
@@ -139,11 +161,66 @@ impl VolumeConfig {
                 origin.display()
             )));
         }
+        for (key, v) in [
+            ("cache_size", &self.cache_size),
+            ("staging_size", &self.staging_size),
+        ] {
+            if let Some(Err(e)) = v.as_deref().map(super::mount::parse_size) {
+                bail!(UsageError(format!(
+                    "in config file {}: volume `{name}`, key `{key}`: {e}",
+                    origin.display()
+                )));
+            }
+        }
+        if self.io_timeout == Some(0) {
+            bail!(UsageError(format!(
+                "in config file {}: volume `{name}`: io_timeout must be at least 1 second",
+                origin.display()
+            )));
+        }
+        if self.sse.is_some() && self.sse_c_key_file.is_some() {
+            bail!(UsageError(format!(
+                "in config file {}: volume `{name}` sets both sse and sse_c_key_file (SSE-C is its own mode; pick one)",
+                origin.display()
+            )));
+        }
+        if let Some(mode) = &self.sse {
+            if let Err(e) = cryptbucket::backend::sse::SseMode::from_flag(
+                mode,
+                self.sse_kms_key_id.clone(),
+                self.bucket_key,
+            ) {
+                bail!(UsageError(format!(
+                    "in config file {}: volume `{name}`, key `sse`: {e}",
+                    origin.display()
+                )));
+            }
+        } else if self.sse_kms_key_id.is_some() || self.bucket_key {
+            bail!(UsageError(format!(
+                "in config file {}: volume `{name}`: sse_kms_key_id and bucket_key need sse = \"aws:kms\" (or \"aws:kms:dsse\")",
+                origin.display()
+            )));
+        }
         if self.store.is_empty() {
             bail!(UsageError(format!(
                 "in config file {}: volume `{name}` has an empty `store`",
                 origin.display()
             )));
+        }
+        if !self.store.starts_with("s3://") {
+            let s3_only = [
+                ("ca_bundle", self.ca_bundle.is_some()),
+                ("sse", self.sse.is_some()),
+                ("sse_kms_key_id", self.sse_kms_key_id.is_some()),
+                ("bucket_key", self.bucket_key),
+                ("sse_c_key_file", self.sse_c_key_file.is_some()),
+            ];
+            if let Some((key, _)) = s3_only.iter().find(|k| k.1) {
+                bail!(UsageError(format!(
+                    "in config file {}: volume `{name}`, key `{key}`: only applies to s3:// stores, and this one is a local directory",
+                    origin.display()
+                )));
+            }
         }
         Ok(())
     }
@@ -155,6 +232,8 @@ impl VolumeConfig {
             &mut self.mountpoint,
             &mut self.keyfile,
             &mut self.passphrase_file,
+            &mut self.ca_bundle,
+            &mut self.sse_c_key_file,
         ]
         .into_iter()
         .flatten()
@@ -197,6 +276,8 @@ pub struct Applied {
     pub notify: Option<bool>,
     pub commit_interval: Option<u64>,
     pub sync_on_close: bool,
+    pub cache_size: Option<u64>,
+    pub staging_size: Option<u64>,
 }
 
 /// If `store.store` names a volume of the configuration, replace it with that volume's store
@@ -264,6 +345,27 @@ pub fn merge(
     if key.kms_endpoint.is_none() {
         key.kms_endpoint = v.kms_endpoint.clone();
     }
+    if store.io_timeout.is_none() {
+        store.io_timeout = v.io_timeout;
+    }
+    let s3 = &mut store.s3;
+    if s3.ca_bundle.is_none() {
+        s3.ca_bundle = v.ca_bundle.clone();
+    }
+    // As with key sources, an SSE option on the command line replaces the file's SSE
+    // settings as a whole (mixing them could combine SSE-C with --sse).
+    let cli_sse = s3.sse.is_some()
+        || s3.sse_c_key_file.is_some()
+        || s3.sse_kms_key_id.is_some()
+        || s3.bucket_key;
+    if !cli_sse {
+        s3.sse = v.sse.clone();
+        s3.sse_kms_key_id = v.sse_kms_key_id.clone();
+        s3.bucket_key = v.bucket_key;
+        s3.sse_c_key_file = v.sse_c_key_file.clone();
+    }
+    // Checked when the file was parsed.
+    let size = |t: &Option<String>| t.as_deref().and_then(|t| super::mount::parse_size(t).ok());
     Applied {
         cache_dir: v.cache_dir.clone(),
         mountpoint: v.mountpoint.clone(),
@@ -276,6 +378,8 @@ pub fn merge(
         notify: v.notify,
         commit_interval: v.commit_interval,
         sync_on_close: v.sync_on_close,
+        cache_size: size(&v.cache_size),
+        staging_size: size(&v.staging_size),
     }
 }
 
@@ -291,6 +395,12 @@ pub fn apply_mount(args: &mut MountArgs) -> Result<PathBuf> {
     args.sync_on_close |= applied.sync_on_close;
     if args.commit_interval.is_none() {
         args.commit_interval = applied.commit_interval;
+    }
+    if args.cache_size.is_none() {
+        args.cache_size = applied.cache_size;
+    }
+    if args.staging_size.is_none() {
+        args.staging_size = applied.staging_size;
     }
     if args.mountpoint.is_none() {
         args.mountpoint = applied.mountpoint;

@@ -192,7 +192,7 @@ mod tests {
             endpoint: None,
             region: None,
             s3: Default::default(),
-            io_timeout: 60,
+            io_timeout: None,
         };
         let canon = std::fs::canonicalize(dir.path()).expect("canon");
         assert_eq!(account(&args), canon.to_string_lossy());

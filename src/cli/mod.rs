@@ -107,15 +107,20 @@ pub struct StoreArgs {
     pub s3: s3opts::S3Args,
     /// How long a store request keeps being retried while the store fails or is
     /// unreachable before the operation gives up (a mount then answers EIO, keeping what
-    /// it buffered locally).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
-    pub io_timeout: u64,
+    /// it buffered locally). Default 60.
+    // No clap default: None means "not on the command line", so the config file can set it.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub io_timeout: Option<u64>,
 }
+
+/// Default for `--io-timeout`, in seconds.
+pub const DEFAULT_IO_TIMEOUT_SECS: u64 = 60;
 
 /// Wrap a store in retries within `--io-timeout`, and (tests only) in injected faults when
 /// CRYPTBUCKET_TEST_FAULTS is set (see docs/CONFIGURATION.md).
 fn with_retries<S: ObjectStore + 'static>(s: S, args: &StoreArgs) -> Result<Arc<dyn ObjectStore>> {
-    let policy = RetryPolicy::with_io_timeout(Duration::from_secs(args.io_timeout));
+    let secs = args.io_timeout.unwrap_or(DEFAULT_IO_TIMEOUT_SECS);
+    let policy = RetryPolicy::with_io_timeout(Duration::from_secs(secs));
     match std::env::var("CRYPTBUCKET_TEST_FAULTS") {
         Ok(spec) if !spec.is_empty() => {
             let cfg = FaultConfig::parse(&spec)

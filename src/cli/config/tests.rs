@@ -21,6 +21,14 @@ fn full(store: &str) -> VolumeConfig {
         notify: Some(true),
         commit_interval: Some(10),
         sync_on_close: true,
+        cache_size: Some("10G".into()),
+        staging_size: Some("512M".into()),
+        io_timeout: Some(120),
+        ca_bundle: Some("/etc/ssl/private-ca.pem".into()),
+        sse: Some("aws:kms".into()),
+        sse_kms_key_id: Some("alias/backup".into()),
+        bucket_key: true,
+        sse_c_key_file: None,
     }
 }
 
@@ -38,6 +46,10 @@ fn every_option_round_trips() {
     cfg.volumes
         .insert("photos".into(), full("s3://bucket/photos"));
     let mut other = full("/srv/vault");
+    other.ca_bundle = None;
+    other.sse = None;
+    other.sse_kms_key_id = None;
+    other.bucket_key = false;
     other.keyfile = None;
     other.passphrase_command = Some("pass show cryptbucket/vault".into());
     other.allow_other = false;
@@ -54,6 +66,12 @@ fn every_option_round_trips() {
         ..Default::default()
     };
     cfg.volumes.insert("fourth".into(), fourth);
+    let fifth = VolumeConfig {
+        store: "s3://b/fifth".into(),
+        sse_c_key_file: Some("/etc/cryptbucket/fifth.ssec".into()),
+        ..Default::default()
+    };
+    cfg.volumes.insert("fifth".into(), fifth);
 
     let text = toml::to_string(&cfg).expect("serialize");
     let back = parse(&text).expect("parse what we wrote");
@@ -72,6 +90,7 @@ fn all_keys() -> Vec<String> {
     v.passphrase_file = Some("/p".into());
     v.passphrase_command = Some("c".into());
     v.kms = true;
+    v.sse_c_key_file = Some("/s".into());
     let t: toml::Table = toml::Table::try_from(&v).expect("to table");
     t.keys().cloned().collect()
 }
@@ -124,7 +143,7 @@ fn cli_args() -> (StoreArgs, KeyArgs) {
             endpoint: None,
             region: None,
             s3: Default::default(),
-            io_timeout: 60,
+            io_timeout: None,
         },
         KeyArgs {
             passphrase_file: None,
@@ -149,6 +168,14 @@ fn the_file_fills_in_what_the_command_line_left_out() {
     assert_eq!(applied.mountpoint, v.mountpoint);
     assert!(applied.allow_other);
     assert_eq!(applied.profile.as_deref(), Some("backup"));
+    assert_eq!(applied.cache_size, Some(10 << 30));
+    assert_eq!(applied.staging_size, Some(512 << 20));
+    assert_eq!(s.io_timeout, Some(120));
+    assert_eq!(s.s3.ca_bundle, v.ca_bundle);
+    assert_eq!(s.s3.sse.as_deref(), Some("aws:kms"));
+    assert_eq!(s.s3.sse_kms_key_id.as_deref(), Some("alias/backup"));
+    assert!(s.s3.bucket_key);
+    assert_eq!(s.s3.sse_c_key_file, None);
 }
 
 #[test]
@@ -166,6 +193,19 @@ fn command_line_flags_win() {
         k.keyfile, None,
         "the file's keyfile must not add a second key source"
     );
+
+    // An SSE option on the command line replaces the file's SSE settings as a whole; the
+    // other S3 options are filled in one by one.
+    let (mut s, mut k) = cli_args();
+    s.s3.sse_c_key_file = Some("/tmp/ssec".into());
+    s.io_timeout = Some(5);
+    s.s3.ca_bundle = Some("/tmp/ca.pem".into());
+    merge(&v, &mut s, &mut k, false);
+    assert_eq!(s.s3.sse, None);
+    assert_eq!(s.s3.sse_kms_key_id, None);
+    assert!(!s.s3.bucket_key);
+    assert_eq!(s.io_timeout, Some(5));
+    assert_eq!(s.s3.ca_bundle.as_deref(), Some(Path::new("/tmp/ca.pem")));
 
     // CRYPTBUCKET_PASSPHRASE also overrides the file's key source.
     let (mut s, mut k) = cli_args();
@@ -230,7 +270,7 @@ fn idle_timeout_and_notify_reach_mount() {
         endpoint: None,
         region: None,
         s3: Default::default(),
-        io_timeout: 60,
+        io_timeout: None,
     };
     let mut key = KeyArgs::default();
     let applied = merge(v, &mut store, &mut key, false);
@@ -239,4 +279,34 @@ fn idle_timeout_and_notify_reach_mount() {
         Some(std::time::Duration::from_secs(5400))
     );
     assert_eq!(applied.notify, Some(true));
+}
+
+#[test]
+fn sizes_timeouts_and_sse_are_checked() {
+    for (text, words) in [
+        ("cache_size = \"lots\"", &["cache_size", "not a size"][..]),
+        ("staging_size = \"1X\"", &["staging_size", "not a size"]),
+        ("io_timeout = 0", &["io_timeout", "at least 1"]),
+        ("sse = \"rot13\"", &["sse", "unknown --sse mode"]),
+        (
+            "sse = \"AES256\"\nsse_c_key_file = \"/k\"",
+            &["sse", "sse_c_key_file"],
+        ),
+        ("bucket_key = true", &["bucket_key", "aws:kms"]),
+    ] {
+        let e = err(&format!("[volumes.a]\nstore = \"s3://b/a\"\n{text}\n"));
+        for w in words {
+            assert!(e.contains(w), "{text}: {e}");
+        }
+    }
+    let e = err("[volumes.a]\nstore = \"/srv/a\"\nsse = \"AES256\"\n");
+    assert!(e.contains("sse") && e.contains("s3://"), "{e}");
+    let cfg =
+        parse("[volumes.a]\nstore = \"s3://b/a\"\ncache_size = \"64M\"\nca_bundle = \"ca.pem\"\n")
+            .expect("parse");
+    let a = &cfg.volumes["a"];
+    assert_eq!(
+        a.ca_bundle.as_deref(),
+        Some(Path::new("/etc/cryptbucket/ca.pem"))
+    );
 }
