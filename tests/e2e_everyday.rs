@@ -328,6 +328,22 @@ fn config_errors_are_usage_errors_naming_key_and_line() {
     assert!(o.stderr.contains("line 3"), "{o}");
     assert_eq!(o.status.code(), Some(2), "{o}");
 
+    // A value that parses but makes no sense is told the same way.
+    write_config(
+        &cfg,
+        "[volumes.a]\nstore = \"/srv/a\"\n# every 0 s?\ncommit_interval = 0\n",
+    );
+    let o = run(
+        cb().arg("--config").arg(&cfg).args(["mount", "a", "/tmp"]),
+        CMD_TIMEOUT,
+    );
+    o.assert_clean_failure().assert_stderr_mentions(&[
+        "line 4",
+        "key `commit_interval`",
+        "1 to 3600",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{o}");
+
     write_config(&cfg, "[volumes.a]\nstore = \"/srv/a\"\n");
     let o = run(
         cb().arg("--config")

@@ -103,7 +103,9 @@ impl Config {
             .map_err(|e| UsageError(format!("in config file {}: {e}", origin.display())))?;
         let base = origin.parent().unwrap_or(Path::new("/"));
         for (name, v) in cfg.volumes.iter_mut() {
-            v.check(name, origin)?;
+            if let Err(p) = v.check() {
+                bail!(UsageError(describe(text, origin, name, &p)));
+            }
             v.resolve_paths(base);
         }
         Ok(cfg)
@@ -130,82 +132,90 @@ impl Config {
     }
 }
 
+/// A value the parser accepted but that makes no sense: which keys it is about (the first
+/// is the one pointed at; none: the whole volume) and why.
+#[derive(Debug)]
+struct Problem {
+    keys: Vec<&'static str>,
+    msg: String,
+}
+
+fn problem(keys: &[&'static str], msg: impl Into<String>) -> Problem {
+    Problem {
+        keys: keys.to_vec(),
+        msg: msg.into(),
+    }
+}
+
 impl VolumeConfig {
-    fn check(&self, name: &str, origin: &Path) -> Result<()> {
-        let keys = [
-            self.kms,
-            self.keyfile.is_some(),
-            self.passphrase_file.is_some(),
-            self.passphrase_command.is_some(),
-        ];
-        if keys.iter().filter(|k| **k).count() > 1 {
-            bail!(UsageError(format!(
-                "in config file {}: volume `{name}` sets more than one of kms, keyfile, passphrase_file, passphrase_command (pick one)",
-                origin.display()
-            )));
+    fn check(&self) -> std::result::Result<(), Problem> {
+        let key_sources: Vec<&'static str> = [
+            ("kms", self.kms),
+            ("keyfile", self.keyfile.is_some()),
+            ("passphrase_file", self.passphrase_file.is_some()),
+            ("passphrase_command", self.passphrase_command.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        if key_sources.len() > 1 {
+            return Err(Problem {
+                msg: format!(
+                    "sets more than one key source ({}); pick one of kms, keyfile, passphrase_file, passphrase_command",
+                    key_sources.join(", ")
+                ),
+                keys: key_sources,
+            });
         }
         if let Some(t) = &self.idle_timeout {
-            if let Err(e) = super::idle::parse_duration(t) {
-                bail!(UsageError(format!(
-                    "in config file {}: volume `{name}`, key `idle_timeout`: {e}",
-                    origin.display()
-                )));
-            }
+            super::idle::parse_duration(t).map_err(|e| problem(&["idle_timeout"], e))?;
         }
         if self
             .commit_interval
             .is_some_and(|s| !(1..=3600).contains(&s))
         {
-            bail!(UsageError(format!(
-                "in config file {}: volume `{name}`: commit_interval must be 1 to 3600 seconds",
-                origin.display()
-            )));
+            return Err(problem(&["commit_interval"], "must be 1 to 3600 seconds"));
         }
         for (key, v) in [
             ("cache_size", &self.cache_size),
             ("staging_size", &self.staging_size),
         ] {
             if let Some(Err(e)) = v.as_deref().map(super::mount::parse_size) {
-                bail!(UsageError(format!(
-                    "in config file {}: volume `{name}`, key `{key}`: {e}",
-                    origin.display()
-                )));
+                return Err(problem(&[key], e));
             }
         }
         if self.io_timeout == Some(0) {
-            bail!(UsageError(format!(
-                "in config file {}: volume `{name}`: io_timeout must be at least 1 second",
-                origin.display()
-            )));
+            return Err(problem(&["io_timeout"], "must be at least 1 second"));
         }
         if self.sse.is_some() && self.sse_c_key_file.is_some() {
-            bail!(UsageError(format!(
-                "in config file {}: volume `{name}` sets both sse and sse_c_key_file (SSE-C is its own mode; pick one)",
-                origin.display()
-            )));
+            return Err(problem(
+                &["sse_c_key_file", "sse"],
+                "both sse and sse_c_key_file are set (SSE-C is its own mode; pick one)",
+            ));
         }
         if let Some(mode) = &self.sse {
-            if let Err(e) = cryptbucket::backend::sse::SseMode::from_flag(
+            cryptbucket::backend::sse::SseMode::from_flag(
                 mode,
                 self.sse_kms_key_id.clone(),
                 self.bucket_key,
-            ) {
-                bail!(UsageError(format!(
-                    "in config file {}: volume `{name}`, key `sse`: {e}",
-                    origin.display()
-                )));
-            }
+            )
+            .map_err(|e| problem(&["sse"], e.to_string()))?;
         } else if self.sse_kms_key_id.is_some() || self.bucket_key {
-            bail!(UsageError(format!(
-                "in config file {}: volume `{name}`: sse_kms_key_id and bucket_key need sse = \"aws:kms\" (or \"aws:kms:dsse\")",
-                origin.display()
-            )));
+            let key = if self.bucket_key {
+                "bucket_key"
+            } else {
+                "sse_kms_key_id"
+            };
+            return Err(problem(
+                &[key],
+                "sse_kms_key_id and bucket_key need sse = \"aws:kms\" (or \"aws:kms:dsse\")",
+            ));
         }
         if self.store.is_empty() {
-            bail!(UsageError(format!(
-                "in config file {}: volume `{name}` has an empty `store`",
-                origin.display()
-            )));
+            return Err(problem(
+                &["store"],
+                "is empty: give a directory or s3://bucket[/prefix]",
+            ));
         }
         if !self.store.starts_with("s3://") {
             let s3_only = [
@@ -216,10 +226,10 @@ impl VolumeConfig {
                 ("sse_c_key_file", self.sse_c_key_file.is_some()),
             ];
             if let Some((key, _)) = s3_only.iter().find(|k| k.1) {
-                bail!(UsageError(format!(
-                    "in config file {}: volume `{name}`, key `{key}`: only applies to s3:// stores, and this one is a local directory",
-                    origin.display()
-                )));
+                return Err(problem(
+                    &[key],
+                    "only applies to s3:// stores, and this one is a local directory",
+                ));
             }
         }
         Ok(())
@@ -246,6 +256,68 @@ impl VolumeConfig {
                 .into_owned();
         }
     }
+}
+
+/// A problem found after parsing, told like a parse error: the file, the line, the key,
+/// and the line itself with the key underlined.
+fn describe(text: &str, origin: &Path, volume: &str, p: &Problem) -> String {
+    let first = p.keys.first().copied();
+    let key = first.map(|k| format!(", key `{k}`")).unwrap_or_default();
+    // Point at the key the message is about, else at the volume's table.
+    let spot = match first {
+        Some(k) => locate(text, volume, Some(k)),
+        None => None,
+    }
+    .or_else(|| locate(text, volume, None));
+    let Some(span) = spot else {
+        return format!(
+            "in config file {}: volume `{volume}`{key}: {}",
+            origin.display(),
+            p.msg
+        );
+    };
+    let line_no = text[..span.start].matches('\n').count() + 1;
+    let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let col = text[line_start..span.start].chars().count();
+    let width = text[span.start..span.end.min(line_start + line.len())]
+        .chars()
+        .count()
+        .max(1);
+    let gutter = " ".repeat(line_no.to_string().len());
+    format!(
+        "in config file {}: line {line_no}, volume `{volume}`{key}: {}\n{gutter} |\n{line_no} | {line}\n{gutter} | {}{}",
+        origin.display(),
+        p.msg,
+        " ".repeat(col),
+        "^".repeat(width)
+    )
+}
+
+/// Byte range of `key` in the table of volume `volume` (or of the volume's own name).
+fn locate(text: &str, volume: &str, key: Option<&str>) -> Option<std::ops::Range<usize>> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    fn find<'a, 'i>(
+        t: &'a DeTable<'i>,
+        name: &str,
+    ) -> Option<(std::ops::Range<usize>, &'a toml::Spanned<DeValue<'i>>)> {
+        t.iter()
+            .find(|(k, _)| k.get_ref() == name)
+            .map(|(k, v)| (k.span(), v))
+    }
+    let (_, vols) = find(doc.get_ref(), "volumes")?;
+    let DeValue::Table(vols) = vols.get_ref() else {
+        return None;
+    };
+    let (vspan, vol) = find(vols, volume)?;
+    let Some(key) = key else {
+        return Some(vspan);
+    };
+    let DeValue::Table(t) = vol.get_ref() else {
+        return None;
+    };
+    find(t, key).map(|(span, _)| span)
 }
 
 fn expand(p: &Path, base: &Path) -> PathBuf {

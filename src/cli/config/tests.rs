@@ -116,6 +116,50 @@ fn unknown_keys_name_the_key_and_the_line() {
 fn two_key_sources_are_refused() {
     let e = err("[volumes.a]\nstore = \"/srv/a\"\nkeyfile = \"/k\"\npassphrase_file = \"/p\"\n");
     assert!(e.contains("more than one") && e.contains("`a`"), "{e}");
+    assert!(e.contains("keyfile, passphrase_file"), "both named: {e}");
+}
+
+#[test]
+fn semantic_errors_name_the_key_and_the_line() {
+    let e = err("[volumes.a]\nstore = \"/srv/a\"\nkeyfile = \"/k\"\npassphrase_file = \"/p\"\n");
+    assert!(
+        e.contains("/etc/cryptbucket/config.toml: line 3, volume `a`, key `keyfile`"),
+        "{e}"
+    );
+
+    // The right volume's key, not the same key of another volume; the line is shown with
+    // the key underlined.
+    let e = err(
+        "[volumes.a]\nstore = \"/srv/a\"\nidle_timeout = \"5m\"\n\n[volumes.b]\n# comment\nstore = \"/srv/b\"\nidle_timeout = \"10 parsecs\"\n",
+    );
+    assert!(e.contains("line 8, volume `b`, key `idle_timeout`"), "{e}");
+    assert!(e.contains("not a duration"), "{e}");
+    assert!(
+        e.contains("8 | idle_timeout = \"10 parsecs\"\n  | ^^^^^^^^^^^^"),
+        "{e}"
+    );
+
+    let e = err("[volumes.a]\nstore = \"/srv/a\"\ncommit_interval = 0\n");
+    assert!(
+        e.contains("line 3, volume `a`, key `commit_interval`"),
+        "{e}"
+    );
+    assert!(e.contains("1 to 3600"), "{e}");
+
+    let e = err("[volumes.a]\n\nstore = \"\"\n");
+    assert!(
+        e.contains("line 3, volume `a`, key `store`: is empty"),
+        "{e}"
+    );
+
+    // Inline tables and dotted keys are located too.
+    let e = err("[volumes]\nc = { store = \"/srv/c\", commit_interval = 99999 }\n");
+    assert!(
+        e.contains("line 2, volume `c`, key `commit_interval`"),
+        "{e}"
+    );
+    let e = err("volumes.d.store = \"/srv/d\"\nvolumes.d.io_timeout = 0\n");
+    assert!(e.contains("line 2, volume `d`, key `io_timeout`"), "{e}");
 }
 
 #[test]
