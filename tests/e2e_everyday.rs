@@ -383,7 +383,7 @@ awk -v m="$MNT" '$2 == m { print $3 }' /proc/self/mounts > "$W/fstype"
 head -c 70000 /dev/urandom > "$W/data"
 cp "$W/data" "$MNT/f"
 cryptbucket status --json "$MNT" > "$W/status.json"
-pid=$(sed -n 's/^ *"pid": \([0-9]*\),*$/\1/p' "$W/status.json")
+pid=$(sed -n 's/^  "pid": \([0-9]*\),*$/\1/p' "$W/status.json")
 echo "== umount (daemon $pid uploads, then exits)"
 umount "$MNT"
 while kill -0 "$pid" 2>/dev/null && ! grep -q ') Z ' "/proc/$pid/stat" 2>/dev/null; do sleep 0.05; done
