@@ -45,9 +45,13 @@ please report it; run with RUST_BACKTRACE=1 for details"
         _ => "cryptbucket=trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // A background daemon's first lines belong in its log file too (see logsink).
+    if argv.iter().any(|a| a == "--daemon-child") && !cli::extras::stderr_is_journal() {
+        cli::logsink::start_capture();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| cli::logsink::Sink)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();

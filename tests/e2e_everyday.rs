@@ -475,3 +475,78 @@ fn completions_and_man_page() {
         assert!(o.stdout.contains(word), "man page lacks {word}");
     }
 }
+
+/// A background mount says where it logs; `-q` silences that; the log starts with the lines
+/// logged before the mount was ready; RUST_LOG=debug adds debug lines to it.
+#[test]
+fn background_mount_logs_to_its_file_and_says_where() {
+    require_fuse!("background_mount_logs_to_its_file_and_says_where");
+    let _lock = heavy_lock();
+    let work = tempdir();
+    let w = work.path();
+    let vol = Volume::local(&w.join("store"), Key::Keyfile(w.join("vol.key")));
+    vol.init();
+    let mnt = w.join("mnt");
+    let cache = w.join("cache");
+    fs::create_dir(&mnt).unwrap();
+    let mount = |extra: &[&str], rust_log: Option<&str>| {
+        let mut c = vol.cmd("mount", &[&vol.store, mnt.to_str().unwrap()]);
+        c.arg("--cache-dir").arg(&cache).args(extra);
+        match rust_log {
+            Some(v) => c.env("RUST_LOG", v),
+            None => c.env_remove("RUST_LOG"),
+        };
+        let o = run(&mut c, CMD_TIMEOUT);
+        let m = Mount::adopt(&mnt, &cache);
+        o.assert_ok();
+        assert!(is_mounted(&mnt), "{o}");
+        (o, m)
+    };
+    let log = cache.join("cryptbucket.log");
+    let log_text = |from: usize| fs::read_to_string(&log).expect("log file")[from..].to_string();
+
+    // Default: says where it is mounted and where it logs; info lines only.
+    let (o, m) = mount(&[], None);
+    let canon = mnt.canonicalize().unwrap();
+    assert!(
+        o.stdout.contains(&format!(
+            "mounted at {} (log: {})",
+            canon.display(),
+            log.canonicalize().unwrap().display()
+        )),
+        "{o}"
+    );
+    fs::write(mnt.join("f"), b"logged").unwrap();
+    m.unmount();
+    let first = log_text(0);
+    // Logged before the mount was ready (while stderr still went to `mount`), kept anyway.
+    assert!(first.contains("INFO mounted volume"), "{first}");
+    assert!(
+        first.contains("all data and metadata are in the store"),
+        "{first}"
+    );
+    assert!(
+        !first.contains(" DEBUG "),
+        "no debug lines by default: {first}"
+    );
+
+    // -q: nothing on stdout or stderr.
+    let (o, m) = mount(&["-q"], None);
+    assert!(
+        o.stdout.trim().is_empty() && o.stderr.trim().is_empty(),
+        "{o}"
+    );
+    m.unmount();
+
+    // RUST_LOG=debug: debug lines in the log (the FUSE requests, among others).
+    let before = fs::metadata(&log).unwrap().len() as usize;
+    let (_o, m) = mount(&[], Some("debug"));
+    assert_eq!(fs::read(mnt.join("f")).unwrap(), b"logged");
+    m.unmount();
+    let debug = log_text(before);
+    assert!(debug.contains("INFO mounted volume"), "{debug}");
+    assert!(
+        debug.lines().filter(|l| l.contains(" DEBUG ")).count() >= 3,
+        "{debug}"
+    );
+}

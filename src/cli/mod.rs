@@ -14,6 +14,7 @@ pub mod init;
 pub mod key;
 pub mod keychain;
 pub mod kms;
+pub mod logsink;
 pub mod metrics;
 pub mod mount;
 pub mod notify;

@@ -157,6 +157,15 @@ fn spawn_daemon(mnt: &Path, key: KeySource) -> Result<()> {
         let mut stdin = child.stdin.take().context("daemon stdin")?;
         stdin.write_all(&key.handoff_bytes())?;
     }
+    // Drained all along: a daemon logging a lot before it is ready (RUST_LOG=trace) must not
+    // block on a full pipe. Shown only if the mount fails.
+    let errors = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = e.read_to_end(&mut buf);
+            buf
+        })
+    });
     let stdout = child.stdout.take().context("daemon stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
@@ -172,11 +181,10 @@ fn spawn_daemon(mnt: &Path, key: KeySource) -> Result<()> {
         return Ok(());
     }
     let status = child.wait()?;
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
+    if let Some(t) = errors {
+        let err = t.join().unwrap_or_default();
+        let _ = std::io::stderr().write_all(&err);
     }
-    eprint!("{err}");
     if status.success() {
         bail!("the mount daemon exited before the mount was ready; run the same command with --foreground -v to see why");
     }
@@ -458,8 +466,15 @@ fn redirect_output(log: Option<&Path>) -> Result<()> {
             .append(true)
             .open(log)
             .with_context(|| format!("cannot open log {}", log.display()))?;
-        // SAFETY: as above.
-        unsafe { libc::dup2(f.as_raw_fd(), 2) };
+        // The lines logged before this point go first.
+        super::logsink::switch(|| {
+            // SAFETY: as above.
+            if unsafe { libc::dup2(f.as_raw_fd(), 2) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+        .with_context(|| format!("cannot log to {}", log.display()))?;
     }
     Ok(())
 }
