@@ -378,7 +378,7 @@ set -eu
 trap 'fusermount3 -uz "$MNT" 2>/dev/null || true' EXIT
 mount --bind "$BINDIR" /usr/local/bin
 echo "== mount -t fuse.cryptbucket"
-mount -t fuse.cryptbucket "$STORE" "$MNT" -o "keyfile=$KEY,cache_dir=$W/cache1,_netdev,nofail,x-systemd.automount,noatime"
+mount -t fuse.cryptbucket "$STORE" "$MNT" -o "passphrase_command=cat $W/pass,cache_size=64M,cache_dir=$W/cache1,_netdev,nofail,x-systemd.automount,noatime"
 awk -v m="$MNT" '$2 == m { print $3 }' /proc/self/mounts > "$W/fstype"
 head -c 70000 /dev/urandom > "$W/data"
 cp "$W/data" "$MNT/f"
@@ -388,11 +388,17 @@ echo "== umount (daemon $pid uploads, then exits)"
 umount "$MNT"
 while kill -0 "$pid" 2>/dev/null && ! grep -q ') Z ' "/proc/$pid/stat" 2>/dev/null; do sleep 0.05; done
 echo "== mount -T fstab"
-printf '%s %s fuse.cryptbucket keyfile=%s,cache_dir=%s,_netdev,nofail,x-systemd.automount 0 0\n' \
-    "$STORE" "$MNT" "$KEY" "$W/cache2" > "$W/fstab"
+# A space in an fstab field is written \040.
+printf '%s %s fuse.cryptbucket passphrase_command=cat\\040%s,idle_timeout=2s,cache_dir=%s,_netdev,nofail,x-systemd.automount 0 0\n' \
+    "$STORE" "$MNT" "$W/pass" "$W/cache2" > "$W/fstab"
 mount -T "$W/fstab" "$MNT"
 cmp "$W/data" "$MNT/f"
-cryptbucket unmount "$MNT"
+echo "== idle_timeout=2s unmounts it"
+i=0
+while awk -v m="$MNT" '$2 == m { found = 1 } END { exit !found }' /proc/self/mounts; do
+    i=$((i + 1)); [ "$i" -lt 300 ] || { echo "idle_timeout=2s did not unmount" >&2; exit 1; }
+    sleep 0.1
+done
 echo "== bad option"
 if mount -t fuse.cryptbucket "$STORE" "$MNT" -o bogus_option 2> "$W/bad.err"; then
     echo "bogus_option was accepted" >&2; exit 1
@@ -417,8 +423,8 @@ fn mount_t_fuse_cryptbucket_and_fstab_line() {
     let work = tempdir();
     let w = work.path();
     let store = w.join("store");
-    let key = w.join("vol.key");
-    Volume::local(&store, Key::Keyfile(key.clone())).init();
+    Volume::local(&store, Key::Passphrase(PASS.into())).init();
+    fs::write(w.join("pass"), format!("{PASS}\n")).unwrap();
     let bindir = w.join("bin");
     fs::create_dir(&bindir).unwrap();
     std::os::unix::fs::symlink(bin(), bindir.join("cryptbucket")).unwrap();
@@ -437,7 +443,6 @@ fn mount_t_fuse_cryptbucket_and_fstab_line() {
             .env("W", w)
             .env("STORE", &store)
             .env("MNT", &mnt)
-            .env("KEY", &key)
             .env("BINDIR", &bindir),
         CMD_TIMEOUT,
     );
@@ -447,6 +452,11 @@ fn mount_t_fuse_cryptbucket_and_fstab_line() {
     let fstype = fs::read_to_string(w.join("fstype")).unwrap();
     assert!(fstype.trim().starts_with("fuse"), "{fstype:?} {o}");
     assert!(o.stderr.contains("bogus_option"), "{o}");
+    // cache_size= reached the daemon.
+    let st: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(w.join("status.json")).unwrap()).unwrap();
+    assert_eq!(st["cache"]["limit"], 64u64 << 20, "{st}");
+    assert!(o.stdout.contains("== idle_timeout=2s unmounts it"), "{o}");
     assert!(!is_mounted(&mnt));
 }
 

@@ -113,6 +113,12 @@ pub fn translate(args: &[OsString]) -> Result<Plan> {
         let flag = match k {
             "keyfile" => "--keyfile",
             "passphrase_file" => "--passphrase-file",
+            // Options are split on commas first, so the command cannot contain one.
+            "passphrase_command" => "--passphrase-command",
+            "cache_size" => "--cache-size",
+            "staging_size" => "--staging-size",
+            "idle_timeout" => "--idle-timeout",
+            "io_timeout" => "--io-timeout",
             "cache_dir" => "--cache-dir",
             "config" => "--config",
             "endpoint" => "--endpoint",
@@ -136,7 +142,7 @@ pub fn translate(args: &[OsString]) -> Result<Plan> {
             _ if IGNORED.contains(&k) && v.is_none() => continue,
             _ if k.starts_with("x-") || k.starts_with("X-") || k == "comment" => continue,
             _ => bail!(UsageError(format!(
-                "unknown mount option `{o}` (known: keyfile=, passphrase_file=, cache_dir=, config=, endpoint=, region=, commit_interval=, allow_other, ro, follow, sync_on_close; see docs/CONFIGURATION.md)"
+                "unknown mount option `{o}` (known: keyfile=, passphrase_file=, passphrase_command=, cache_dir=, cache_size=, staging_size=, config=, endpoint=, region=, commit_interval=, idle_timeout=, io_timeout=, allow_other, ro, follow, sync_on_close; see docs/CONFIGURATION.md)"
             ))),
         };
         match v {
@@ -247,6 +253,32 @@ mod tests {
             assert_eq!(super::super::exit::code_for(&e), 2);
         }
         assert!(translate(&os(&["/s"])).is_err());
+        assert_eq!(
+            translate(&os(&[
+                "/s",
+                "/m",
+                "-o",
+                "passphrase_command=pass show cb/nas,cache_size=10G,idle_timeout=15m,staging_size=512M,io_timeout=30",
+            ]))
+            .expect("translate"),
+            Plan::Mount(os(&[
+                "mount",
+                "/s",
+                "/m",
+                "--passphrase-command",
+                "pass show cb/nas",
+                "--cache-size",
+                "10G",
+                "--idle-timeout",
+                "15m",
+                "--staging-size",
+                "512M",
+                "--io-timeout",
+                "30"
+            ]))
+        );
+        let e = translate(&os(&["/s", "/m", "-o", "idle_timeout="])).expect_err("empty");
+        assert!(format!("{e}").contains("idle_timeout=..."), "{e}");
         assert_eq!(
             translate(&os(&["/s", "/m", "-o", "ro,follow,commit_interval=9"])).expect("ro"),
             Plan::Mount(os(&[
