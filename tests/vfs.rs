@@ -448,3 +448,87 @@ fn writer_lease_refuses_a_second_mount_and_is_released() {
     assert!(other.lease.renew().is_err());
     third.vfs.shutdown().unwrap();
 }
+
+/// READDIRPLUS and the FUSE-thread fast paths (`*_nowait`) must answer exactly what the
+/// ordinary calls answer, including a file whose written size is not recorded yet.
+#[test]
+fn readdirplus_and_nowait_answers_match_getattr() {
+    let mut fx = Fixture::new(small_params(Cipher::Aes256Gcm));
+    let v = fx.mount();
+    let vfs = &v.vfs;
+    let d = vfs.mkdir(&CTX, ROOT_INO, b"d", 0o755).unwrap();
+    let mut inos = Vec::new();
+    for i in 0..70u32 {
+        let name = format!("f{i:03}");
+        let (a, fh) = vfs.create(&CTX, d.ino, name.as_bytes(), 0o644).unwrap();
+        vfs.write(fh, 0, &pattern(100 + i as usize * 1000, i as u8))
+            .unwrap();
+        vfs.release(fh).unwrap();
+        inos.push(a.ino);
+    }
+    vfs.symlink(&CTX, d.ino, b"link", b"f000").unwrap();
+    // One file held open with unrecorded data past its recorded size.
+    let (open, ofh) = vfs.create(&CTX, d.ino, b"open", 0o600).unwrap();
+    vfs.write(ofh, 0, &pattern(300_000, 9)).unwrap();
+
+    // Page through the directory as the kernel does, resuming at each batch's last offset.
+    let mut seen = Vec::new();
+    let mut off = 0;
+    loop {
+        let batch = vfs.readdirplus(d.ino, off, 16).unwrap();
+        let Some(last) = batch.last() else { break };
+        off = last.0.next;
+        seen.extend(batch);
+    }
+    let names: Vec<Vec<u8>> = seen.iter().map(|(e, _)| e.name.clone()).collect();
+    let plain: Vec<Vec<u8>> = vfs
+        .readdir(d.ino, 0, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, plain, "same entries, same order as readdir");
+    assert_eq!(seen.len(), 2 + 70 + 2);
+    for (e, a) in &seen {
+        let want = vfs.getattr(e.ino).unwrap();
+        assert_eq!(a.ino, e.ino);
+        assert_eq!(
+            (a.size, a.mtime, a.perm, a.kind),
+            (want.size, want.mtime, want.perm, want.kind)
+        );
+        if e.name != b"." && e.name != b".." {
+            let l = vfs.lookup_nowait(d.ino, &e.name).unwrap().unwrap();
+            assert_eq!((l.ino, l.size, l.mtime), (want.ino, want.size, want.mtime));
+            let g = vfs.getattr_nowait(e.ino).unwrap().unwrap();
+            assert_eq!((g.size, g.mtime), (want.size, want.mtime));
+        }
+    }
+    let o = seen.iter().find(|(e, _)| e.ino == open.ino).unwrap();
+    assert_eq!(o.1.size, 300_000, "an open file shows its written size");
+    assert!(matches!(
+        vfs.lookup_nowait(d.ino, b"missing"),
+        Some(Err(VfsError::NotFound))
+    ));
+
+    // setattr_nowait: mode, owner and times only; a size change goes to the worker pool.
+    let f = inos[3];
+    let s = SetAttr {
+        perm: Some(0o600),
+        mtime: Some(cryptbucket::vfs::SetTime::At(1_000_000_000)),
+        ..SetAttr::default()
+    };
+    let a = vfs.setattr_nowait(f, &s).unwrap().unwrap();
+    assert_eq!((a.perm, a.mtime), (0o600, 1_000_000_000));
+    assert_eq!(vfs.getattr(f).unwrap().perm, 0o600);
+    let grow = SetAttr {
+        size: Some(1),
+        ..SetAttr::default()
+    };
+    assert!(vfs.setattr_nowait(f, &grow).is_none());
+    // On the open file an explicit mtime wins over the pending write's.
+    let a = vfs.setattr_nowait(open.ino, &s).unwrap().unwrap();
+    assert_eq!((a.size, a.mtime), (300_000, 1_000_000_000));
+    vfs.release(ofh).unwrap();
+    assert_eq!(vfs.getattr(open.ino).unwrap().mtime, 1_000_000_000);
+    v.unmount().unwrap();
+}

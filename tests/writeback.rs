@@ -138,9 +138,14 @@ fn assert_reads_back(store: &Arc<Gate>, dir: &std::path::Path, ino: u64, want: &
     v.unmount().unwrap();
 }
 
+/// Staging files holding data (emptied ones are kept for reuse while mounted).
 fn staging_files(cache: &std::path::Path) -> usize {
     std::fs::read_dir(cache.join("staging"))
-        .map(|d| d.count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+                .count()
+        })
         .unwrap_or(0)
 }
 

@@ -86,6 +86,14 @@ impl LocalStore {
         T: Send + 'static,
         F: FnOnce(&Path) -> Result<T> + Send + 'static,
     {
+        // On a multi-threaded runtime the file I/O runs right here (block_in_place): the
+        // upload pool calls from blocking threads already, where a hop to yet another
+        // thread cost two context switches per object.
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi {
+            return tokio::task::block_in_place(|| f(&self.root));
+        }
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || f(&root))
             .await

@@ -41,6 +41,9 @@ pub(super) struct WriteBack {
     pub(super) data: Arc<ChunkStore>,
     pub(super) staging: Arc<Staging>,
     pub(super) open: OpenMap,
+    /// Bumped (under the `open` lock) whenever a file's open state is dropped, so a reader
+    /// knows whether an inode it read may predate the size and mtime written just before.
+    pub(super) drops: AtomicU64,
     open_mem: AtomicU64,
     fly_mem: AtomicU64,
     token: AtomicU64,
@@ -52,7 +55,7 @@ pub(super) struct OpenFile {
     cv: Condvar,
 }
 
-struct FileState {
+pub(super) struct FileState {
     opens: usize,
     size: u64,
     /// mtime of changes not yet in the metadata (None when the metadata has them).
@@ -96,6 +99,24 @@ impl FileState {
     }
 }
 
+impl FileState {
+    /// Show the size and mtime of changes not yet in the metadata.
+    pub(super) fn overlay(&self, a: &mut Attr) {
+        a.size = self.size;
+        if let Some(m) = self.mtime {
+            a.mtime = m;
+            a.ctime = a.ctime.max(m);
+        }
+    }
+
+    /// An explicit mtime (utimens) replaces the one pending with unrecorded writes.
+    pub(super) fn set_mtime(&mut self, m: i64) {
+        if self.mtime.is_some() {
+            self.mtime = Some(m);
+        }
+    }
+}
+
 impl OpenFile {
     fn new(st: FileState) -> Self {
         OpenFile {
@@ -105,19 +126,27 @@ impl OpenFile {
     }
 
     pub(super) fn overlay(&self, a: &mut Attr) {
-        let st = self.st.lock();
-        a.size = st.size;
-        if let Some(m) = st.mtime {
-            a.mtime = m;
-            a.ctime = a.ctime.max(m);
+        self.st.lock().overlay(a);
+    }
+
+    /// `overlay` unless the file's state is locked (by a write that may be fetching a
+    /// chunk): false then, and `a` is unchanged.
+    pub(super) fn try_overlay(&self, a: &mut Attr) -> bool {
+        match self.st.try_lock() {
+            Some(st) => {
+                st.overlay(a);
+                true
+            }
+            None => false,
         }
     }
 
-    pub(super) fn set_mtime(&self, m: i64) {
-        let mut st = self.st.lock();
-        if st.mtime.is_some() {
-            st.mtime = Some(m);
-        }
+    pub(super) fn lock_state(&self) -> MutexGuard<'_, FileState> {
+        self.st.lock()
+    }
+
+    pub(super) fn try_lock_state(&self) -> Option<MutexGuard<'_, FileState>> {
+        self.st.try_lock()
     }
 
     pub(super) fn size(&self) -> u64 {
@@ -149,6 +178,7 @@ impl WriteBack {
             data,
             staging,
             open: Mutex::new(Default::default()),
+            drops: AtomicU64::new(1),
             open_mem: AtomicU64::new(0),
             fly_mem: AtomicU64::new(0),
             token: AtomicU64::new(1),
@@ -159,11 +189,15 @@ impl WriteBack {
         self.data.chunk_size()
     }
 
+    /// The row goes first: a staging file is emptied for reuse by another chunk, which
+    /// must never inherit a row saying it is this one.
     fn drop_staging(&self, name: &str) {
-        self.staging.remove(name);
         if let Err(e) = self.meta.remove_staged(name) {
             tracing::warn!("cannot forget staging file {name}: {e}");
+            self.staging.delete(name);
+            return;
         }
+        self.staging.remove(name);
     }
 
     fn drop_open(&self, oc: OpenChunk) {
@@ -423,6 +457,7 @@ impl WriteBack {
         }
         drop(st);
         map.remove(&ino);
+        self.drops.fetch_add(1, Ordering::SeqCst);
         true
     }
 
@@ -433,6 +468,7 @@ impl WriteBack {
             if st.opens == 0 && !st.pending() {
                 drop(st);
                 map.remove(&ino);
+                self.drops.fetch_add(1, Ordering::SeqCst);
             }
         }
     }

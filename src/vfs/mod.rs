@@ -135,6 +135,23 @@ pub struct VfsStats {
     pub cache: CacheStats,
 }
 
+/// An inode's attributes as the metadata has them (no open-file state).
+fn stored_attr(inode: Inode) -> Attr {
+    Attr {
+        ino: inode.ino,
+        kind: inode.kind,
+        perm: inode.perm,
+        nlink: inode.nlink,
+        uid: inode.uid,
+        gid: inode.gid,
+        size: inode.size,
+        atime: inode.atime,
+        mtime: inode.mtime,
+        ctime: inode.ctime,
+        rdev: inode.rdev,
+    }
+}
+
 impl Vfs {
     pub fn new(
         meta: Arc<SqliteMeta>,
@@ -175,41 +192,78 @@ impl Vfs {
         Ok(())
     }
 
+    /// The drop counter to read before reading inodes passed to `attr_since`.
+    fn drops(&self) -> u64 {
+        self.wb.drops.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn attr_of(&self, inode: Inode) -> Attr {
-        let mut a = Attr {
-            ino: inode.ino,
-            kind: inode.kind,
-            perm: inode.perm,
-            nlink: inode.nlink,
-            uid: inode.uid,
-            gid: inode.gid,
-            size: inode.size,
-            atime: inode.atime,
-            mtime: inode.mtime,
-            ctime: inode.ctime,
-            rdev: inode.rdev,
-        };
-        if inode.kind == FileKind::File {
-            let of = self.wb.open.lock().get(&inode.ino).cloned();
-            match of {
-                Some(of) => of.overlay(&mut a),
-                // The open state may have been dropped after `inode` was read, by an upload
-                // that finished and recorded the file's final size and mtime first: read them
-                // again rather than show the older ones.
-                None => {
-                    if let Ok(fresh) = self.meta.get_inode(inode.ino) {
-                        a.size = fresh.size;
-                        a.mtime = fresh.mtime;
-                        a.ctime = fresh.ctime;
-                    }
-                }
-            }
-        }
+        self.attr_since(0, inode)
+    }
+
+    /// `inode` as the kernel should see it: overlaid with its open state, if any. `drops`
+    /// is `self.drops()` read before `inode` was, or 0 when unknown.
+    fn attr_since(&self, drops: u64, inode: Inode) -> Attr {
+        let mut a = stored_attr(inode);
+        self.overlay(drops, &mut a, true);
         a
     }
 
+    /// Overlay a file's open state on `a`; false (and `a` unchanged) when `wait` is off
+    /// and the state is locked.
+    fn overlay(&self, drops: u64, a: &mut Attr, wait: bool) -> bool {
+        if a.kind != FileKind::File {
+            return true;
+        }
+        let of = self.wb.open.lock().get(&a.ino).cloned();
+        match of {
+            Some(of) if wait => of.overlay(a),
+            Some(of) => return of.try_overlay(a),
+            // The open state may have been dropped after the inode was read, by an upload
+            // that finished and recorded the file's final size and mtime first: read them
+            // again rather than show the older ones (only when a drop happened since).
+            None if drops == 0 || self.drops() != drops => {
+                if let Ok(fresh) = self.meta.get_inode(a.ino) {
+                    a.size = fresh.size;
+                    a.mtime = fresh.mtime;
+                    a.ctime = fresh.ctime;
+                }
+            }
+            None => {}
+        }
+        true
+    }
+
+    /// `getattr` for the FUSE thread itself: local metadata only, and `None` instead of
+    /// waiting for a file busy with a write (which may be fetching a chunk).
+    pub fn getattr_nowait(&self, ino: Ino) -> Option<Result<Attr>> {
+        let drops = self.drops();
+        match self.meta.get_inode(ino) {
+            Ok(i) => self.nowait(drops, i),
+            Err(e) => Some(Err(e.into())),
+        }
+    }
+
+    /// `lookup` for the FUSE thread itself (see `getattr_nowait`).
+    pub fn lookup_nowait(&self, parent: Ino, name: &[u8]) -> Option<Result<Attr>> {
+        if name.len() > NAME_MAX || name == b"." || name == b".." {
+            return Some(self.lookup(parent, name));
+        }
+        let drops = self.drops();
+        match self.meta.lookup(parent, name) {
+            Ok(i) => self.nowait(drops, i),
+            Err(e) => Some(Err(e.into())),
+        }
+    }
+
+    fn nowait(&self, drops: u64, inode: Inode) -> Option<Result<Attr>> {
+        let mut a = stored_attr(inode);
+        self.overlay(drops, &mut a, false).then_some(Ok(a))
+    }
+
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
-        Ok(self.attr_of(self.meta.get_inode(ino)?))
+        let drops = self.drops();
+        Ok(self.attr_since(drops, self.meta.get_inode(ino)?))
     }
 
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
@@ -222,7 +276,8 @@ impl Vfs {
         if name == b".." {
             return self.getattr(self.meta.parent_of(parent)?);
         }
-        Ok(self.attr_of(self.meta.lookup(parent, name)?))
+        let drops = self.drops();
+        Ok(self.attr_since(drops, self.meta.lookup(parent, name)?))
     }
 
     fn new_owner(&self, ctx: &Ctx, parent: Ino, perm: u32, dir: bool) -> Result<(u32, u32, u32)> {
@@ -374,10 +429,41 @@ impl Vfs {
 
     pub fn setattr(&self, ino: Ino, s: SetAttr) -> Result<Attr> {
         self.writable()?;
-        let now = now_ns();
         if let Some(size) = s.size {
             self.truncate(ino, size)?;
         }
+        let of = self.wb.open.lock().get(&ino).cloned();
+        let st = of.as_ref().map(|of| of.lock_state());
+        self.set_attrs(ino, &s, st)
+    }
+
+    /// `setattr` for the FUSE thread itself: mode, owner and times only touch local
+    /// metadata; `None` for a size change or a file whose state is busy (a write that may
+    /// be fetching a chunk).
+    pub fn setattr_nowait(&self, ino: Ino, s: &SetAttr) -> Option<Result<Attr>> {
+        if s.size.is_some() {
+            return None;
+        }
+        if let Err(e) = self.writable() {
+            return Some(Err(e));
+        }
+        let of = self.wb.open.lock().get(&ino).cloned();
+        let st = match &of {
+            Some(of) => Some(of.try_lock_state()?),
+            None => None,
+        };
+        Some(self.set_attrs(ino, s, st))
+    }
+
+    /// Mode, owner and times, with the file's open state (if any) locked by the caller.
+    fn set_attrs(
+        &self,
+        ino: Ino,
+        s: &SetAttr,
+        mut st: Option<parking_lot::MutexGuard<'_, files::FileState>>,
+    ) -> Result<Attr> {
+        let now = now_ns();
+        let drops = self.drops();
         let mut i = self.meta.get_inode(ino)?;
         let mut changed = false;
         if let Some(p) = s.perm {
@@ -403,8 +489,8 @@ impl Vfs {
         if let Some(t) = s.mtime {
             i.mtime = resolve(t);
             changed = true;
-            if let Some(of) = self.wb.open.lock().get(&ino).cloned() {
-                of.set_mtime(i.mtime);
+            if let Some(st) = st.as_mut() {
+                st.set_mtime(i.mtime);
             }
         }
         if changed {
@@ -413,7 +499,14 @@ impl Vfs {
             // still pending; the open-file state shows the full size meanwhile).
             self.meta.set_attrs(&i)?;
         }
-        self.getattr(ino)
+        let mut a = stored_attr(self.meta.get_inode(ino)?);
+        match st {
+            Some(st) => st.overlay(&mut a),
+            None => {
+                self.overlay(drops, &mut a, true);
+            }
+        }
+        Ok(a)
     }
 
     pub fn readdir(&self, dir: Ino, offset: i64, max: usize) -> Result<Vec<ReadDirEntry>> {
@@ -446,6 +539,53 @@ impl Vfs {
                 name: e.name,
                 next: e.cookie as i64 + 2,
             });
+        }
+        Ok(out)
+    }
+
+    /// `readdir` with each entry's attributes (READDIRPLUS: the kernel needs no LOOKUP
+    /// afterwards for `ls -l`, `find`, `stat` of every entry).
+    pub fn readdirplus(
+        &self,
+        dir: Ino,
+        offset: i64,
+        max: usize,
+    ) -> Result<Vec<(ReadDirEntry, Attr)>> {
+        let drops = self.drops();
+        let d = self.meta.get_inode(dir)?;
+        if d.kind != FileKind::Dir {
+            return Err(VfsError::NotDir);
+        }
+        let mut out = Vec::new();
+        if offset < 1 {
+            let e = ReadDirEntry {
+                ino: dir,
+                kind: FileKind::Dir,
+                name: b".".to_vec(),
+                next: 1,
+            };
+            out.push((e, self.attr_of(d)));
+        }
+        if offset < 2 {
+            let p = self.getattr(self.meta.parent_of(dir)?)?;
+            let e = ReadDirEntry {
+                ino: p.ino,
+                kind: FileKind::Dir,
+                name: b"..".to_vec(),
+                next: 2,
+            };
+            out.push((e, p));
+        }
+        let after = (offset.max(2) - 2) as u64;
+        for (e, inode) in self.meta.readdir_plus(dir, after, max)? {
+            let a = self.attr_since(drops, inode);
+            let e = ReadDirEntry {
+                ino: e.ino,
+                kind: e.kind,
+                name: e.name,
+                next: e.cookie as i64 + 2,
+            };
+            out.push((e, a));
         }
         Ok(out)
     }
@@ -589,6 +729,8 @@ impl Vfs {
         self.sync_all()?;
         // Deletes of superseded uploads finish too, so nothing runs after unmount.
         self.data.wait_idle();
+        // A clean unmount leaves no staging file behind, not even empty ones.
+        self.wb.staging.clear_pool();
         Ok(())
     }
 
