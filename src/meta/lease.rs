@@ -214,8 +214,7 @@ impl Lease {
         Ok(())
     }
 
-    /// For `cryptbucket status`: judged from what last reached the store, not from the local
-    /// expiry (which a failed renewal has already moved on).
+    /// For `cryptbucket status`: judged from what last reached the store.
     pub fn status(&self) -> LeaseStatus {
         let written = *self.written.lock();
         let state = if !self.taken {
@@ -245,12 +244,18 @@ impl Lease {
         if self.lost.load(Ordering::SeqCst) {
             return self.check();
         }
-        self.info.lock().expires = now() + self.ttl.as_secs();
+        // The record carries the new expiry; it counts for fencing only once the store has
+        // it (a failed renewal must not extend what `check` allows).
+        let before = std::mem::replace(&mut self.info.lock().expires, now() + self.ttl.as_secs());
         let mode = match self.etag.lock().clone() {
             Some(e) if self.store.supports_conditional() => PutMode::IfMatch(e),
             _ => PutMode::Overwrite,
         };
-        match self.write(mode) {
+        let res = self.write(mode);
+        if res.is_err() {
+            self.info.lock().expires = before;
+        }
+        match res {
             Ok(()) => Ok(()),
             Err(MetaError::Store(BackendError::PreconditionFailed(_))) => {
                 self.lost.store(true, Ordering::SeqCst);

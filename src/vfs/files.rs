@@ -41,8 +41,8 @@ pub(super) struct WriteBack {
     pub(super) data: Arc<ChunkStore>,
     pub(super) staging: Arc<Staging>,
     pub(super) open: OpenMap,
-    /// Bumped (under the `open` lock) whenever a file's open state is dropped, so a reader
-    /// knows whether an inode it read may predate the size and mtime written just before.
+    /// Bumped whenever write-back records a file's size and mtime in the metadata or drops
+    /// a file's open state, so a reader knows whether an inode it read may predate them.
     pub(super) drops: AtomicU64,
     open_mem: AtomicU64,
     fly_mem: AtomicU64,
@@ -122,22 +122,6 @@ impl OpenFile {
         OpenFile {
             st: Mutex::new(st),
             cv: Condvar::new(),
-        }
-    }
-
-    pub(super) fn overlay(&self, a: &mut Attr) {
-        self.st.lock().overlay(a);
-    }
-
-    /// `overlay` unless the file's state is locked (by a write that may be fetching a
-    /// chunk): false then, and `a` is unchanged.
-    pub(super) fn try_overlay(&self, a: &mut Attr) -> bool {
-        match self.st.try_lock() {
-            Some(st) => {
-                st.overlay(a);
-                true
-            }
-            None => false,
         }
     }
 
@@ -426,6 +410,7 @@ impl WriteBack {
         let has0 = st.refs.contains_key(&0);
         let inline = if has0 { None } else { st.inline.as_deref() };
         self.meta.update_file(&inode, new_refs, keep, inline)?;
+        self.drops.fetch_add(1, Ordering::SeqCst);
         if has0 {
             st.inline = None;
         }
@@ -556,6 +541,7 @@ impl WriteBack {
             inode.ctime = inode.ctime.max(m);
         }
         self.meta.update_file(&inode, &[], 0, Some(&content))?;
+        self.drops.fetch_add(1, Ordering::SeqCst);
         for (_, oc) in std::mem::take(&mut st.open) {
             self.drop_open(oc);
         }

@@ -192,7 +192,7 @@ impl Vfs {
         Ok(())
     }
 
-    /// The drop counter to read before reading inodes passed to `attr_since`.
+    /// The write-back counter to read before reading inodes passed to `attr_since`.
     fn drops(&self) -> u64 {
         self.wb.drops.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -216,20 +216,25 @@ impl Vfs {
             return true;
         }
         let of = self.wb.open.lock().get(&a.ino).cloned();
-        match of {
-            Some(of) if wait => of.overlay(a),
-            Some(of) => return of.try_overlay(a),
-            // The open state may have been dropped after the inode was read, by an upload
-            // that finished and recorded the file's final size and mtime first: read them
-            // again rather than show the older ones (only when a drop happened since).
-            None if drops == 0 || self.drops() != drops => {
-                if let Ok(fresh) = self.meta.get_inode(a.ino) {
-                    a.size = fresh.size;
-                    a.mtime = fresh.mtime;
-                    a.ctime = fresh.ctime;
-                }
+        let st = match &of {
+            Some(of) if wait => Some(of.lock_state()),
+            Some(of) => match of.try_lock_state() {
+                Some(st) => Some(st),
+                None => return false,
+            },
+            None => None,
+        };
+        // Write-back may have recorded the file's size and mtime (and cleared them from its
+        // open state, or dropped that) after the inode was read: read them again then.
+        if drops == 0 || self.drops() != drops {
+            if let Ok(fresh) = self.meta.get_inode(a.ino) {
+                a.size = fresh.size;
+                a.mtime = fresh.mtime;
+                a.ctime = fresh.ctime;
             }
-            None => {}
+        }
+        if let Some(st) = st {
+            st.overlay(a);
         }
         true
     }
