@@ -3,7 +3,7 @@
 #   bash scripts/test.sh [--long]
 #
 # On a fresh Debian 12 machine with only Rust installed it:
-#   1. installs what is missing (fuse3, python3-venv, gnome-keyring, dbus; rustfmt/clippy via rustup; pjdfstest and
+#   1. installs what is missing (fuse3, python3-venv, gnome-keyring, dbus, rsync; rustfmt/clippy via rustup; pjdfstest and
 #      fsx via cargo install; the users nobody and tests for pjdfstest), only when missing, and
 #      makes sure /dev/fuse is usable;
 #   2. checks formatting (cargo fmt --check) and lints (cargo clippy --all-targets -D warnings);
@@ -120,6 +120,8 @@ command -v fusermount3 >/dev/null 2>&1 || PKGS+=(fuse3)
 # A real Secret Service for the desktop-keyring test (run in its own dbus-run-session).
 command -v gnome-keyring-daemon >/dev/null 2>&1 || PKGS+=(gnome-keyring)
 command -v dbus-run-session >/dev/null 2>&1 || PKGS+=(dbus)
+# rsync -a through a mount is part of the round-trip test (backup tools use it).
+command -v rsync >/dev/null 2>&1 || PKGS+=(rsync)
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     PKGS+=(python3-venv)
 fi
@@ -128,7 +130,7 @@ if [ ${#PKGS[@]} -gt 0 ]; then
     as_root apt-get update
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${PKGS[@]}"
 else
-    echo "fuse3, python3-venv, gnome-keyring and dbus already present"
+    echo "fuse3, python3-venv, gnome-keyring, dbus and rsync already present"
 fi
 if [ ! -e /dev/fuse ]; then
     as_root modprobe fuse 2>/dev/null || true
