@@ -86,7 +86,9 @@ impl Bar {
     }
 }
 
-pub fn run(args: FsckArgs) -> Result<()> {
+pub fn run(mut args: FsckArgs) -> Result<()> {
+    // A volume name from the config file, as for mount.
+    super::config::apply(&mut args.store, &mut args.key)?;
     let rt = cryptbucket::volume::runtime()?;
     let store = open_store(&rt, &args.store, false)?;
     let key = key_source(&args.key, false, false)?;

@@ -44,7 +44,7 @@ fn print(r: &GcReport, dry: bool, min_age: u64) {
     );
 }
 
-pub fn run(args: GcArgs) -> Result<()> {
+pub fn run(mut args: GcArgs) -> Result<()> {
     let min_age = Duration::from_secs(args.min_age);
     // A live mount of this user at that path: let the daemon do it.
     if let Ok(mnt) = std::fs::canonicalize(&args.store.store) {
@@ -55,6 +55,8 @@ pub fn run(args: GcArgs) -> Result<()> {
             return Ok(());
         }
     }
+    // A volume name from the config file, as for mount.
+    super::config::apply(&mut args.store, &mut args.key)?;
     let rt = cryptbucket::volume::runtime()?;
     let store = open_store(&rt, &args.store, false)?;
     let key = key_source(&args.key, false, false)?;

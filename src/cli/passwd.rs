@@ -17,7 +17,9 @@ pub struct PasswdArgs {
     pub new: NewKeyArgs,
 }
 
-pub fn run(args: PasswdArgs) -> Result<()> {
+pub fn run(mut args: PasswdArgs) -> Result<()> {
+    // A volume name from the config file, as for mount.
+    super::config::apply(&mut args.store, &mut args.key)?;
     if args.key.keyfile.is_some() || args.new.new_keyfile.is_some() {
         bail!(super::exit::UsageError(
             "passwd changes a passphrase; to replace a keyfile use `key add` and `key remove`"
