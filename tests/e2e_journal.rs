@@ -56,3 +56,64 @@ fn fsync_reaches_a_read_only_follower() {
     reader.unmount();
     writer.unmount();
 }
+
+/// `cryptbucket sync` (syncfs(2) never reaches a FUSE daemon): data written and never
+/// fsynced — in a file still open, a closed file, a rename and a delete — is in the store
+/// once it returns, as a read-only mount from another cache dir shows.
+#[test]
+fn cryptbucket_sync_makes_unsynced_writes_durable() {
+    require_fuse!("cryptbucket_sync_makes_unsynced_writes_durable");
+    let _heavy = heavy_lock();
+    let work = tempdir();
+    let w = work.path();
+    let store = w.join("store");
+    let vol = Volume::local(&store, Key::Passphrase("sync e2e".into()));
+    vol.init();
+    let (mw, mr) = (w.join("mw"), w.join("mr"));
+    fs::create_dir(&mr).unwrap();
+    // A 1 h commit timer: only the sync can commit during the test.
+    let writer = vol.mount_with(&mw, &w.join("cache-w"), &["--commit-interval", "3600"]);
+    let big = random_bytes(9 << 20); // three chunks of the default 4 MiB
+    let mut open = fs::File::create(mw.join("still-open")).unwrap();
+    open.write_all(&big).unwrap();
+    fs::write(mw.join("small"), b"inline at close").unwrap();
+    fs::write(mw.join("old-name"), b"renamed").unwrap();
+    fs::rename(mw.join("old-name"), mw.join("new-name")).unwrap();
+    fs::write(mw.join("gone"), b"deleted").unwrap();
+    fs::remove_file(mw.join("gone")).unwrap();
+
+    // Nothing committed yet: a reader sees an empty volume.
+    let reader = vol.mount_with(&mr, &w.join("cache-r1"), &["--read-only"]);
+    assert!(!mr.join("still-open").exists() && !mr.join("small").exists());
+    reader.unmount();
+
+    let o = run(cb().arg("sync").arg(&mw), CMD_TIMEOUT);
+    o.assert_ok();
+    assert!(
+        o.stderr.contains("everything written is in the store"),
+        "{o}"
+    );
+    let st = run(cb().args(["status", "--json"]).arg(&mw), CMD_TIMEOUT);
+    st.assert_ok();
+    let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(st["dirty_bytes"], 0, "{st}");
+    assert_eq!(st["uncommitted_changes"], false, "{st}");
+
+    let reader = vol.mount_with(&mr, &w.join("cache-r2"), &["--read-only"]);
+    assert_eq!(fs::read(mr.join("still-open")).unwrap(), big);
+    assert_eq!(fs::read(mr.join("small")).unwrap(), b"inline at close");
+    assert_eq!(fs::read(mr.join("new-name")).unwrap(), b"renamed");
+    assert!(!mr.join("old-name").exists() && !mr.join("gone").exists());
+    // A read-only mount has nothing to write: sync says so and succeeds.
+    let o = run(cb().arg("sync").arg(&mr), CMD_TIMEOUT);
+    o.assert_ok();
+    assert!(o.stderr.contains("read-only"), "{o}");
+    reader.unmount();
+    drop(open);
+    writer.unmount();
+
+    // Not a mount: a clear error, exit 1.
+    let o = run(cb().arg("sync").arg(w), CMD_TIMEOUT);
+    o.assert_clean_failure();
+    assert!(o.stderr.contains("not a cryptbucket mount"), "{o}");
+}
