@@ -117,3 +117,46 @@ fn cryptbucket_sync_makes_unsynced_writes_durable() {
     o.assert_clean_failure();
     assert!(o.stderr.contains("not a cryptbucket mount"), "{o}");
 }
+
+/// `cryptbucket sync` while the store is down: exit 1 with a clear message and nothing
+/// lost; once the store is back the next sync makes it all durable.
+#[test]
+fn cryptbucket_sync_fails_while_the_store_is_down_and_keeps_the_data() {
+    require_fuse!("cryptbucket_sync_fails_while_the_store_is_down_and_keeps_the_data");
+    let _heavy = heavy_lock();
+    let work = tempdir();
+    let w = work.path();
+    let store = w.join("store");
+    let vol = Volume::local(&store, Key::Passphrase("sync down e2e".into()));
+    vol.init();
+    let (mw, mr, cache) = (w.join("mw"), w.join("mr"), w.join("cache-w"));
+    fs::create_dir(&mw).unwrap();
+    let fail = w.join("store-down");
+    let mut c = vol.cmd("mount", &[&vol.store, mw.to_str().unwrap()]);
+    c.arg("--cache-dir")
+        .arg(&cache)
+        .args(["--commit-interval", "3600", "--io-timeout", "2"])
+        .env("CRYPTBUCKET_TEST_FAIL_FILE", &fail);
+    let o = run(&mut c, CMD_TIMEOUT);
+    let writer = Mount::adopt(&mw, &cache);
+    o.assert_ok();
+
+    fs::write(&fail, b"").unwrap();
+    let data = random_bytes(5 << 20);
+    fs::write(mw.join("written-while-down"), &data).unwrap();
+    let o = run(cb().arg("sync").arg(&mw), CMD_TIMEOUT);
+    o.assert_clean_failure();
+    assert_eq!(o.status.code(), Some(1), "{o}");
+    assert!(
+        o.stderr.contains("sync failed (the data stays staged)"),
+        "{o}"
+    );
+    assert_eq!(fs::read(mw.join("written-while-down")).unwrap(), data);
+
+    fs::remove_file(&fail).unwrap();
+    run(cb().arg("sync").arg(&mw), CMD_TIMEOUT).assert_ok();
+    let reader = vol.mount_with(&mr, &w.join("cache-r"), &["--read-only"]);
+    assert_eq!(fs::read(mr.join("written-while-down")).unwrap(), data);
+    reader.unmount();
+    writer.unmount();
+}
