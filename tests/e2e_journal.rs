@@ -160,3 +160,58 @@ fn cryptbucket_sync_fails_while_the_store_is_down_and_keeps_the_data() {
     reader.unmount();
     writer.unmount();
 }
+
+/// A sync waiting for slow uploads does not block the control socket: `status` answers
+/// meanwhile (unmount's progress bar and monitoring depend on it).
+#[test]
+fn status_answers_while_a_sync_waits_for_uploads() {
+    require_fuse!("status_answers_while_a_sync_waits_for_uploads");
+    let _heavy = heavy_lock();
+    let work = tempdir();
+    let w = work.path();
+    let store = w.join("store");
+    let vol = Volume::local(&store, Key::Passphrase("sync status e2e".into()));
+    vol.init();
+    let (mnt, cache) = (w.join("mnt"), w.join("cache"));
+    fs::create_dir(&mnt).unwrap();
+    let mut c = vol.cmd("mount", &[&vol.store, mnt.to_str().unwrap()]);
+    c.arg("--cache-dir")
+        .arg(&cache)
+        .env("CRYPTBUCKET_TEST_THROTTLE_BPS", "1000000"); // a 4 MiB chunk takes ~4 s
+    let o = run(&mut c, CMD_TIMEOUT);
+    let m = Mount::adopt(&mnt, &cache);
+    o.assert_ok();
+    fs::write(mnt.join("slow"), random_bytes((8 << 20) + 100)).unwrap();
+    let t = Instant::now();
+    let mut sync = cb()
+        .arg("sync")
+        .arg(&mnt)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sync.try_wait().unwrap().is_none(),
+        "sync returned before the uploads"
+    );
+    let q = Instant::now();
+    let st = run(cb().args(["status", "--json"]).arg(&mnt), CMD_TIMEOUT);
+    st.assert_ok();
+    assert!(
+        q.elapsed() < Duration::from_secs(2),
+        "status waited for the sync"
+    );
+    let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert!(st["dirty_bytes"].as_u64().unwrap() > 0, "{st}");
+    assert!(sync.wait().unwrap().success(), "sync failed");
+    assert!(
+        t.elapsed() > Duration::from_secs(2),
+        "sync did not wait for the uploads"
+    );
+    let st = run(cb().args(["status", "--json"]).arg(&mnt), CMD_TIMEOUT);
+    let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(st["dirty_bytes"], 0, "{st}");
+    assert_eq!(st["uncommitted_changes"], false, "{st}");
+    m.unmount();
+}
