@@ -14,7 +14,9 @@
 # Environment:
 #   CARGO_TARGET_DIR                default $HOME/.cache/cryptbucket/target
 #   CRYPTBUCKET_TEST_S3_ENDPOINT    if already set, use that S3 server instead of starting one
-#   --long                          also run the long soak tests (CRYPTBUCKET_LONG_TESTS=1)
+#   --long                          also run the long soak tests (CRYPTBUCKET_LONG_TESTS=1:
+#                                   300 crash cycles, fsx x10, 1M-file mount) under the
+#                                   nextest profile `long` (hours-long caps, .config/nextest.toml)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,7 +27,7 @@ for arg in "$@"; do
     case "$arg" in
         --long) LONG=1 ;;
         -h | --help)
-            sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -221,9 +223,11 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 TEST_LOG="$WORK/test-output.txt"
 if cargo nextest --version >/dev/null 2>&1; then
-    step "cargo nextest run (debug build)"
+    NEXTEST_PROFILE=default
+    [ "$LONG" -eq 1 ] && NEXTEST_PROFILE=long
+    step "cargo nextest run --profile $NEXTEST_PROFILE (debug build)"
     set +e
-    cargo nextest run --no-fail-fast 2>&1 | tee "$TEST_LOG"
+    cargo nextest run --profile "$NEXTEST_PROFILE" --no-fail-fast 2>&1 | tee "$TEST_LOG"
     rc=${PIPESTATUS[0]}
     set -e
     RESULT_LINE=$(grep -E '^ *Summary ' "$TEST_LOG" | tail -n1 | sed 's/^ *//' || true)

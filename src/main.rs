@@ -63,6 +63,7 @@ please report it; run with RUST_BACKTRACE=1 for details"
         cli::Command::Mount(a) => cli::mount::run(a),
         cli::Command::Unmount(a) => cli::unmount::run(a),
         cli::Command::Status(a) => cli::status::run(a),
+        cli::Command::Sync(a) => cli::sync::run(a),
         cli::Command::Completions(a) => cli::gen::completions(a),
         cli::Command::Manpage => cli::gen::manpage(),
         cli::Command::Key(a) => cli::key::run(a),

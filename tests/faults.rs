@@ -3,6 +3,7 @@
 //! stays down must make fsync fail with EIO after the io timeout without losing what is
 //! buffered locally.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -308,5 +309,129 @@ fn a_lease_that_ran_out_during_an_outage_is_renewed_afterwards() {
     let (v, _dir) = open(base);
     let a = v.vfs.lookup(ROOT_INO, b"f").unwrap();
     assert_eq!(read_all(&v.vfs, a.ino), b"kept through the outage");
+    v.unmount().unwrap();
+}
+
+#[test]
+fn a_store_that_is_down_blocks_writes_past_the_staging_limit_until_it_is_back() {
+    // Staging is capped at 64 MiB (the smallest cap there is); a writer streams 96 MiB while
+    // every request fails. Uploads give up after the io timeout and wait for their retry,
+    // so staging can only grow: the writer must stop near the cap, not run past it, and
+    // finish once the store is back, with every byte in the store.
+    const LIMIT: u64 = 64 << 20;
+    const TOTAL: usize = 96 << 20;
+    const PIECE: usize = 1 << 20;
+    let base = Arc::new(MemoryStore::new());
+    create(base.clone());
+    let faulty = Arc::new(FaultStore::new(
+        Shared(base.clone()),
+        FaultConfig::default(),
+    ));
+    let store: Arc<dyn ObjectStore> = Arc::new(RetryStore::with_policy(
+        SharedFault(faulty.clone()),
+        // Short, so every queued upload has failed (none in progress) well within the
+        // observation window below: only failed uploads waiting for a retry are left.
+        fast_retries(Duration::from_millis(20)),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let opts = volume::OpenOptions {
+        cache_dir: Some(dir.path().to_owned()),
+        staging_limit: LIMIT,
+        ..Default::default()
+    };
+    let v = volume::open_with(volume::runtime().unwrap(), store, &key(), &opts).unwrap();
+    let vfs = v.vfs.clone();
+    // What the mount loop does every 100 ms: seal idle chunks, retry failed uploads.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (vfs, stop) = (vfs.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                vfs.tick();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let data = Arc::new(pattern(TOTAL, 11));
+    let (f, fh) = vfs.create(&CTX, ROOT_INO, b"big", 0o644).unwrap();
+    faulty.set_down(true);
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (vfs, data, written) = (vfs.clone(), data.clone(), written.clone());
+        std::thread::spawn(move || {
+            for (i, piece) in data.chunks(PIECE).enumerate() {
+                vfs.write(fh, (i * PIECE) as u64, piece)?;
+                written.fetch_add(piece.len() as u64, std::sync::atomic::Ordering::SeqCst);
+            }
+            vfs.fsync(fh)
+        })
+    };
+    // Wait until the writer stops making progress (blocked), for at least a few upload
+    // retry rounds (tick retries a failed upload every 5 s).
+    let t = Instant::now();
+    let mut last = (0, Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = written.load(std::sync::atomic::Ordering::SeqCst);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        assert!(
+            !writer.is_finished(),
+            "the writer ran through a store that is down"
+        );
+        if last.1.elapsed() > Duration::from_secs(7) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the writer never blocked"
+        );
+    }
+    let blocked_at = last.0;
+    let st = vfs.stats();
+    eprintln!("blocked after {blocked_at} bytes: {st:?}");
+    assert!(
+        blocked_at >= LIMIT / 2 && blocked_at <= LIMIT + PIECE as u64,
+        "the writer blocked after {blocked_at} bytes (staging cap {LIMIT}): {st:?}"
+    );
+    assert!(
+        st.staged_bytes <= LIMIT + 2 * PIECE as u64,
+        "staging grew past its cap: {st:?}"
+    );
+    assert!(st.dirty_bytes >= blocked_at - PIECE as u64, "{st:?}");
+
+    faulty.set_down(false);
+    let t = Instant::now();
+    while !writer.is_finished() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the writer never resumed after the store came back ({:?})",
+            vfs.stats()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    writer
+        .join()
+        .unwrap()
+        .expect("writes and fsync complete once the store is back");
+    assert_eq!(
+        written.load(std::sync::atomic::Ordering::SeqCst),
+        TOTAL as u64
+    );
+    vfs.release(fh).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    ticker.join().unwrap();
+    assert_eq!(vfs.stats().dirty_bytes, 0);
+    drop(vfs);
+    v.unmount().unwrap();
+
+    // Nothing lost: the store alone (a fresh cache dir) has every byte.
+    let (v, _dir) = open(base);
+    assert_eq!(v.vfs.lookup(ROOT_INO, b"big").unwrap().ino, f.ino);
+    assert!(
+        read_all(&v.vfs, f.ino) == *data,
+        "content differs after the outage"
+    );
     v.unmount().unwrap();
 }

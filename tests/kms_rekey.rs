@@ -124,6 +124,19 @@ fn kms_client(ep: &str, calls: &KmsCalls) -> KmsClient {
     block_on(KmsClient::connect(cfg)).expect("kms client")
 }
 
+/// An SDK client for the test server's KMS (to set up keys and aliases).
+fn kms_sdk(ep: &str) -> aws_sdk_kms::Client {
+    let conf = aws_sdk_kms::Config::builder()
+        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+        .region(aws_sdk_kms::config::Region::new("us-east-1"))
+        .endpoint_url(ep)
+        .credentials_provider(aws_sdk_kms::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .build();
+    aws_sdk_kms::Client::from_conf(conf)
+}
+
 /// A new KMS key on the test server: (ARN, key id).
 fn create_kms_key(ep: &str) -> (String, String) {
     let conf = aws_sdk_kms::Config::builder()
@@ -374,6 +387,84 @@ fn kms_slot_add_unlock_with_one_decrypt_and_clear_errors() {
     let msg = err.to_string();
     assert!(msg.contains("disabled") && msg.contains(&arn), "{msg}");
     assert_eq!(calls.count("Decrypt"), 1);
+}
+
+#[test]
+fn kms_slot_added_by_alias_unlocks_the_volume() {
+    let Some(ep) = s3_endpoint() else {
+        common::note_skip(
+            "kms_slot_added_by_alias_unlocks_the_volume",
+            "CRYPTBUCKET_TEST_S3_ENDPOINT not set",
+        );
+        return;
+    };
+    let bucket = unique_bucket("kmsalias");
+    s3_create_bucket(&ep, &bucket);
+    let (arn, key_id) = create_kms_key(&ep);
+    // Aliases are per account and region: a unique name per run.
+    let alias = format!("alias/{bucket}");
+    block_on(
+        kms_sdk(&ep)
+            .create_alias()
+            .alias_name(&alias)
+            .target_key_id(&key_id)
+            .send(),
+    )
+    .expect("create alias");
+    let vol = Volume::s3(
+        format!("s3://{bucket}/v"),
+        &ep,
+        Key::Passphrase("pw".into()),
+    );
+    vol.init();
+    let o = run(
+        &mut kms_cmd(
+            &vol,
+            &ep,
+            &["key", "add", &vol.store, "--kms-key-id", &alias],
+        ),
+        CMD_TIMEOUT,
+    );
+    o.assert_ok();
+    assert!(o.stdout.contains("added key slot 1 (kms"), "{o}");
+    let nokey = vol.with_key(Key::Nothing);
+    let list = run(&mut nokey.cmd("key", &["list", &vol.store]), CMD_TIMEOUT);
+    list.assert_ok();
+    assert!(list.stdout.contains("slot 1: kms ("), "{list}");
+
+    // The alias slot alone opens the volume: one Decrypt, and the data reads back.
+    let store = s3_store(&ep, &bucket, "v");
+    let cache = tempdir();
+    let v = volume::open(
+        volume::runtime().expect("rt"),
+        store.clone(),
+        &pass("pw"),
+        Some(cache.path().into()),
+    )
+    .expect("open with passphrase");
+    write_file(&v, b"f", &data(50_000, 3));
+    v.unmount().expect("unmount");
+    let calls = KmsCalls::default();
+    let kms = kms_client(&ep, &calls);
+    let rt = volume::runtime().expect("rt");
+    let source = cryptbucket::admin::kms_key_source(&rt, &store, &kms, None)
+        .expect("unlock with the slot added by alias");
+    let cache2 = tempdir();
+    let v = volume::open(
+        volume::runtime().expect("rt"),
+        store.clone(),
+        &source,
+        Some(cache2.path().into()),
+    )
+    .expect("open with KMS");
+    assert_eq!(read_file(&v, b"f"), data(50_000, 3));
+    v.unmount().expect("unmount");
+    assert_eq!(calls.count("Decrypt"), 1, "{:?}", calls.seen);
+    // The slot names the key (as given or as KMS resolved it), never nothing.
+    assert!(
+        list.stdout.contains(&alias) || list.stdout.contains(&arn) || list.stdout.contains(&key_id),
+        "{list}"
+    );
 }
 
 #[test]

@@ -585,3 +585,104 @@ fn https_with_private_ca_and_insecure_http_policy() {
     assert!(o.stdout.contains("1 key slot(s)"), "{o}");
     assert!(o.stderr.contains("plain http"), "a warning is printed: {o}");
 }
+
+/// The TLS versions a ClientHello offers (`supported_versions`, else its legacy version),
+/// GREASE values left out; None if `rec` is not a complete ClientHello record.
+fn offered_tls_versions(rec: &[u8]) -> Option<Vec<u16>> {
+    let u16_at = |b: &[u8], i: usize| Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]));
+    if *rec.first()? != 0x16 {
+        return None;
+    }
+    let body = rec.get(5..5 + usize::from(u16_at(rec, 3)?))?;
+    if *body.first()? != 1 {
+        return None;
+    }
+    let len = usize::from(*body.get(1)?) << 16 | usize::from(u16_at(body, 2)?);
+    let h = body.get(4..4 + len)?;
+    let legacy = u16_at(h, 0)?;
+    let mut i = 2 + 32;
+    i += 1 + usize::from(*h.get(i)?); // session id
+    i += 2 + usize::from(u16_at(h, i)?); // cipher suites
+    i += 1 + usize::from(*h.get(i)?); // compression methods
+    let end = i + 2 + usize::from(u16_at(h, i)?);
+    i += 2;
+    while i + 4 <= end {
+        let (ty, n) = (u16_at(h, i)?, usize::from(u16_at(h, i + 2)?));
+        let data = h.get(i + 4..i + 4 + n)?;
+        if ty == 0x002b {
+            let list = data.get(1..1 + usize::from(*data.first()?))?;
+            return Some(
+                list.chunks_exact(2)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                    .filter(|v| v & 0x0f0f != 0x0a0a)
+                    .collect(),
+            );
+        }
+        i += 4 + n;
+    }
+    Some(vec![legacy])
+}
+
+#[test]
+fn the_s3_client_offers_only_tls_1_2_and_1_3() {
+    use std::io::Read;
+    // A listener that records each ClientHello and hangs up: what the client offers is
+    // visible there, whatever a server would pick. Both clients: the SDK's default (system
+    // roots) and the one built for --ca-bundle.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let hellos = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    {
+        let hellos = hellos.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = c.read(&mut chunk) {
+                    buf.extend_from_slice(&chunk[..n]);
+                    let want = buf
+                        .get(3..5)
+                        .map(|l| 5 + usize::from(u16::from_be_bytes([l[0], l[1]])));
+                    if want.is_some_and(|w| buf.len() >= w) {
+                        break;
+                    }
+                }
+                hellos.lock().expect("lock").push(buf);
+            }
+        });
+    }
+    let dir = tempdir();
+    let ca = dir.path().join("ca.pem");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&ca, params.self_signed(&ca_key).expect("ca").pem()).expect("write ca");
+    let https = format!("https://127.0.0.1:{port}");
+    let vol = Volume::s3("s3://b/t".into(), &https, Key::Nothing);
+    for with_ca in [false, true] {
+        let before = hellos.lock().expect("lock").len();
+        let mut c = vol.cmd("key", &["list", &vol.store]);
+        c.args(["--io-timeout", "1"]);
+        if with_ca {
+            c.arg("--ca-bundle").arg(&ca);
+        }
+        run(&mut c, CMD_TIMEOUT).assert_clean_failure();
+        let seen = hellos.lock().expect("lock");
+        assert!(
+            seen.len() > before,
+            "no TLS connection (ca bundle: {with_ca})"
+        );
+        for h in &seen[before..] {
+            let v = offered_tls_versions(h)
+                .unwrap_or_else(|| panic!("not a ClientHello: {:02x?}", &h[..h.len().min(16)]));
+            assert!(
+                !v.is_empty() && v.iter().all(|v| *v == 0x0303 || *v == 0x0304),
+                "offered TLS versions {v:04x?} (ca bundle: {with_ca}); only 1.2 (0303) and 1.3 (0304) allowed"
+            );
+            // Parsed from supported_versions (a legacy-only hello would read [0303]).
+            assert!(v.contains(&0x0304), "TLS 1.3 not offered: {v:04x?}");
+        }
+    }
+}

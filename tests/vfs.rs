@@ -391,7 +391,15 @@ fn rename_noreplace_and_exchange() {
 fn writer_lease_refuses_a_second_mount_and_is_released() {
     use cryptbucket::volume::OpenOptions;
     let mut fx = Fixture::new(small_params(Cipher::Aes256Gcm));
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let t0 = unix();
     let first = fx.mount();
+    let t1 = unix();
     let dir = tempfile::tempdir().unwrap();
     let opts = OpenOptions {
         cache_dir: Some(dir.path().to_owned()),
@@ -402,8 +410,22 @@ fn writer_lease_refuses_a_second_mount_and_is_released() {
         .err()
         .expect("second mount must be refused");
     let msg = err.to_string();
+    // The holder in full: host, pid, and since when (the first mount's start, in UTC).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert!(
-        msg.contains("already mounted by") && msg.contains(&format!("pid {}", std::process::id())),
+        msg.contains(&format!(
+            "already mounted by {} (pid {}) since ",
+            host.trim(),
+            std::process::id()
+        )),
+        "{msg}"
+    );
+    assert!(
+        (t0..=t1).any(|t| msg.contains(&format!("since {} (", cryptbucket::meta::lease::utc(t)))),
+        "the message does not name the start of the first mount ({t0}..{t1}): {msg}"
+    );
+    assert!(
+        msg.contains("valid until ") && msg.contains(" UTC (in "),
         "{msg}"
     );
     // The same cache dir after a crash (lease never released) takes its own lease back.

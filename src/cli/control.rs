@@ -1,5 +1,6 @@
 //! The control socket of a live mount: a Unix socket next to the daemon's pid file that
-//! answers `status` with one JSON object, for `cryptbucket status`.
+//! answers one request per connection with one JSON object: `status` (for `cryptbucket
+//! status`), `sync` (`cryptbucket sync`) and `gc` (`cryptbucket gc MOUNTPOINT`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -208,6 +209,21 @@ impl Server {
         }
     }
 
+    /// `sync`: everything written so far reaches the store, as fsync of every file plus a
+    /// commit. Linux sends FUSE_SYNCFS only to virtiofs, so syncfs(2) never gets here.
+    fn sync(&self) -> String {
+        let t = Instant::now();
+        match self.vfs.sync_all() {
+            Ok(()) => serde_json::json!({
+                "synced": true,
+                "secs": t.elapsed().as_secs_f64(),
+                "read_only": self.vfs.is_read_only(),
+            })
+            .to_string(),
+            Err(e) => error_json(&format!("sync failed (the data stays staged): {e}")),
+        }
+    }
+
     fn answer(&self, stream: UnixStream) -> std::io::Result<()> {
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         stream.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -218,6 +234,7 @@ impl Server {
         let mut out = stream;
         let reply = match line.trim() {
             "status" => serde_json::to_string(&self.status()).map_err(std::io::Error::other)?,
+            "sync" => self.sync(),
             l if l.starts_with("gc ") => self.gc(l),
             other => format!("{{\"error\":\"unknown request {:?}\"}}", other),
         };
@@ -234,22 +251,32 @@ pub fn start(info: Info, vfs: Arc<Vfs>, counters: Arc<Counters>, lease: Arc<Leas
     let listener = UnixListener::bind(&path)
         .with_context(|| format!("cannot create control socket {}", path.display()))?;
     let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-    let server = Server {
+    let server = Arc::new(Server {
         info,
         vfs,
         counters,
         lease,
         started: SystemTime::now(),
         since: Instant::now(),
-    };
+    });
     std::thread::Builder::new()
         .name("cb-control".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
+                    // One thread per request: a sync or gc can take minutes, and `status`
+                    // (unmount's progress bar) must still answer meanwhile.
                     Ok(s) => {
-                        if let Err(e) = server.answer(s) {
-                            tracing::debug!("control socket: {e}");
+                        let server = server.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("cb-control-req".into())
+                            .spawn(move || {
+                                if let Err(e) = server.answer(s) {
+                                    tracing::debug!("control socket: {e}");
+                                }
+                            });
+                        if let Err(e) = spawned {
+                            tracing::warn!("control socket: cannot start a thread: {e}");
                         }
                     }
                     Err(e) => tracing::debug!("control socket accept: {e}"),
@@ -280,6 +307,34 @@ pub fn gc(sock: &Path, min_age_secs: u64, dry_run: bool) -> Result<GcReport> {
         bail!("the mount answered: {e}");
     }
     serde_json::from_value(v).context("unreadable gc report from the mount")
+}
+
+/// What a mount answered to `sync`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SyncReply {
+    pub secs: f64,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Ask the mount listening on `sock` to write everything to the store; returns once all
+/// staged data is uploaded and a commit referencing it is in the store (or it failed).
+pub fn sync(sock: &Path) -> Result<SyncReply> {
+    let mut s = UnixStream::connect(sock)
+        .with_context(|| format!("cannot reach the mount's control socket {}", sock.display()))?;
+    // No deadline: the mount gives up by itself (--io-timeout) when the store is down, and
+    // a large backlog legitimately takes long to upload.
+    s.set_read_timeout(None)?;
+    s.write_all(b"sync\n")?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .context("no answer on the control socket (did the mount stop?)")?;
+    let v: serde_json::Value =
+        serde_json::from_str(reply.trim()).context("unreadable answer on the control socket")?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("{e}");
+    }
+    serde_json::from_value(v).context("unreadable sync answer from the mount")
 }
 
 /// Ask the mount listening on `sock` for its status.

@@ -24,6 +24,7 @@ pub mod progress;
 pub mod rekey;
 pub mod s3opts;
 pub mod status;
+pub mod sync;
 pub mod testhooks;
 pub mod ui;
 pub mod unmount;
@@ -76,6 +77,8 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Flush everything to the store and unmount MOUNTPOINT.
     Unmount(unmount::UnmountArgs),
+    /// Write everything buffered by live mounts to the store (what syncfs cannot do for FUSE).
+    Sync(sync::SyncArgs),
     /// Show what live mounts are doing (uploads waiting, last commit, backend requests).
     Status(status::StatusArgs),
     /// Print a shell completion script (e.g. `cryptbucket completions bash > /etc/bash_completion.d/cryptbucket`).

@@ -44,9 +44,36 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown host".into())
 }
 
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (a lease read on another machine: UTC avoids
+/// guessing its time zone; no date crate for one message).
+pub fn utc(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm, proleptic Gregorian).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A point in time for a message: the date, and how far from now.
 fn when(secs: u64) -> String {
-    let ago = now().saturating_sub(secs);
-    format!("{secs} (unix time, {ago} s ago)")
+    let now = now();
+    if secs <= now {
+        format!("{} ({} s ago)", utc(secs), now - secs)
+    } else {
+        format!("{} (in {} s)", utc(secs), secs - now)
+    }
 }
 
 /// Where this process stands with the writer lease.
@@ -303,12 +330,25 @@ fn refusal(cur: Option<&LeaseInfo>, expired: bool) -> String {
     match (cur, expired) {
         (Some(c), false) => format!(
             "the volume is already mounted by {} (pid {}) since {}; its writer lease is valid until {}. Unmount it there first (or mount with --read-only)",
-            c.host, c.pid, when(c.since), c.expires
+            c.host, c.pid, when(c.since), when(c.expires)
         ),
         (Some(c), true) => format!(
             "the volume's writer lease, held by {} (pid {}) since {}, expired at {}: if that mount is gone, mount with --break-lease",
-            c.host, c.pid, when(c.since), c.expires
+            c.host, c.pid, when(c.since), when(c.expires)
         ),
         (None, _) => "the volume's lease object cannot be read (damaged or from another key): if no other mount is running, mount with --break-lease".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_764_574_542), "2025-12-01 07:35:42 UTC");
+        assert_eq!(utc(4_107_542_399), "2100-02-28 23:59:59 UTC");
     }
 }

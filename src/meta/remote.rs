@@ -720,6 +720,18 @@ impl RemoteMeta {
         Ok(chunks)
     }
 
+    /// Chunks a superseded head still references, kept through the grace period for
+    /// readers of that head; the commit path deletes them when due.
+    pub fn chunks_in_grace(&self, meta: &SqliteMeta) -> Result<Vec<[u8; 16]>> {
+        Ok(meta
+            .pending_garbage()?
+            .iter()
+            .filter_map(|k| k.strip_prefix(CHUNK_GARBAGE))
+            .filter_map(|h| hex::decode(h).ok())
+            .filter_map(|v| <[u8; 16]>::try_from(v).ok())
+            .collect())
+    }
+
     /// The caller deleted these chunks (returned by a commit).
     pub fn forget_chunks(&self, meta: &SqliteMeta, ids: &[[u8; 16]]) -> Result<()> {
         let keys: Vec<String> = ids

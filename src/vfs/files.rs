@@ -446,6 +446,13 @@ impl WriteBack {
         true
     }
 
+    /// Whether any file has a chunk sealed and not yet in the store (uploading, queued,
+    /// or failed and waiting for its retry).
+    fn any_flying(&self) -> bool {
+        let files: Vec<Arc<OpenFile>> = self.open.lock().values().cloned().collect();
+        files.iter().any(|of| !of.st.lock().flying.is_empty())
+    }
+
     fn forget_if_idle(&self, ino: Ino, of: &Arc<OpenFile>) {
         let mut map = self.open.lock();
         if map.get(&ino).is_some_and(|o| Arc::ptr_eq(o, of)) {
@@ -736,15 +743,19 @@ impl Vfs {
         self.data.prefetch(refs);
     }
 
-    /// Back-pressure: wait while staging is full and uploads can drain it. Only a cache
-    /// disk that is full with nothing left to upload is an ENOSPC.
+    /// Back-pressure: wait while staging is full and uploads can drain it, for as long as
+    /// the store is down (nothing buffered is dropped). Only a cache disk that is full
+    /// with nothing left to upload is an ENOSPC.
     fn make_room(&self, more: u64) -> Result<()> {
         let staging = &self.wb.staging;
         loop {
             if staging.has_room(more) {
                 return Ok(());
             }
-            if self.data.uploads_pending() == 0 {
+            // Failed uploads waiting for their retry (the store is down) drain staging
+            // once it is back: wait for them too, or an outage longer than the io timeout
+            // would let staging grow without bound between retries.
+            if self.data.uploads_pending() == 0 && !self.wb.any_flying() {
                 if staging.disk_full(more) {
                     return Err(VfsError::NoSpace);
                 }

@@ -20,6 +20,9 @@ impl Vfs {
         let (snap, dead) = self.meta.export()?;
         let mut referenced: HashSet<[u8; 16]> = snap.chunks.iter().map(|(_, c)| c.id).collect();
         referenced.extend(dead);
+        // Chunks only older heads reference wait out their grace period (a follower may
+        // still read them); the commit path deletes them when it ends.
+        referenced.extend(self.remote.chunks_in_grace(&self.meta)?);
         let (doomed, report) = plan(&listing, &referenced, min_age, now);
         if !dry_run && !doomed.is_empty() {
             let ids: Vec<[u8; 16]> = doomed

@@ -714,7 +714,9 @@ impl Vfs {
         Ok(self.remote.refresh(&self.meta)?)
     }
 
-    /// Flush every open file and commit: used by syncfs, the periodic timer and unmount.
+    /// Flush every file with data pending, wait for its uploads, and commit: what
+    /// `cryptbucket sync` (over the control socket) and unmount need. (The kernel never
+    /// sends syncfs to a FUSE daemon other than virtiofs.)
     pub fn sync_all(&self) -> Result<()> {
         let files: Vec<(Ino, Arc<OpenFile>)> = self
             .wb

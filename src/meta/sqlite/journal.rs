@@ -433,6 +433,15 @@ impl SqliteMeta {
         })
     }
 
+    /// Every object waiting for its grace period to end, due or not.
+    pub fn pending_garbage(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT key FROM garbage")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
     pub fn forget_garbage(&self, keys: &[String]) -> Result<()> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
