@@ -312,6 +312,12 @@ fn config_volume_with_passphrase_command_and_status() {
     let o = run(cb().arg("status").arg(&mnt), CMD_TIMEOUT);
     o.assert_clean_failure();
     assert_eq!(o.status.code(), Some(1), "{o}");
+
+    // The maintenance commands take the volume's name too.
+    let o = run(cbc().args(["fsck", "vault"]), CMD_TIMEOUT);
+    assert!(o.ok(), "fsck by volume name: {o}");
+    let o = run(cbc().args(["gc", "vault", "--dry-run"]), CMD_TIMEOUT);
+    assert!(o.ok(), "gc by volume name: {o}");
 }
 
 #[test]
