@@ -355,7 +355,14 @@ impl Filesystem for FuseFs {
             .run(move || reply_entry(reply, "link", vfs.link(ino, newparent, &newname)));
     }
 
+    // open, and flush/release of a file with nothing to upload (`grep -r`, `cp` sources),
+    // are answered here too when they cannot wait.
     fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        match self.vfs.open_nowait(ino) {
+            Some(Ok(fh)) => return reply.opened(fh, 0),
+            Some(Err(e)) => return fail!(reply, "open", e),
+            None => {}
+        }
         let vfs = self.vfs.clone();
         self.pool.run(move || match vfs.open(ino) {
             Ok(fh) => reply.opened(fh, 0),
@@ -404,6 +411,9 @@ impl Filesystem for FuseFs {
     }
 
     fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lo: u64, reply: ReplyEmpty) {
+        if let Some(r) = self.vfs.flush_nowait(fh) {
+            return reply_empty(reply, "flush", r);
+        }
         let vfs = self.vfs.clone();
         self.pool
             .run(move || reply_empty(reply, "flush", vfs.flush(fh)));
@@ -419,6 +429,9 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Some(r) = self.vfs.release_nowait(fh) {
+            return reply_empty(reply, "release", r);
+        }
         let vfs = self.vfs.clone();
         self.pool
             .run(move || reply_empty(reply, "release", vfs.release(fh)));
@@ -461,20 +474,30 @@ impl Filesystem for FuseFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let vfs = self.vfs.clone();
-        // About 25 entries fill the kernel's 4 KiB buffer: fetch a few more, not hundreds.
-        self.pool
-            .run(move || match vfs.readdirplus(ino, offset, 32) {
-                Ok(entries) => {
-                    for (e, a) in entries {
-                        let name = OsStr::from_bytes(&e.name);
-                        if reply.add(e.ino, e.next, name, ttl(), &fattr(&a), 0) {
-                            break;
-                        }
-                    }
-                    reply.ok()
+        // Fill the kernel's buffer (4 KiB to 128 KiB, from the reader's getdents size: ~25
+        // to ~800 entries) in batches, so a big directory costs few round trips.
+        self.pool.run(move || {
+            let mut off = offset;
+            loop {
+                let entries = match vfs.readdirplus(ino, off, 64) {
+                    Ok(entries) => entries,
+                    Err(e) if off == offset => return fail!(reply, "readdirplus", e),
+                    // Entries already added are good: send them, the next call reports it.
+                    Err(_) => break,
+                };
+                if entries.is_empty() {
+                    break;
                 }
-                Err(e) => fail!(reply, "readdirplus", e),
-            });
+                for (e, a) in entries {
+                    let name = OsStr::from_bytes(&e.name);
+                    if reply.add(e.ino, e.next, name, ttl(), &fattr(&a), 0) {
+                        return reply.ok();
+                    }
+                    off = e.next;
+                }
+            }
+            reply.ok()
+        });
     }
 
     fn fsyncdir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _ds: bool, reply: ReplyEmpty) {

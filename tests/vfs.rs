@@ -554,3 +554,49 @@ fn readdirplus_and_nowait_answers_match_getattr() {
     assert_eq!(vfs.getattr(open.ino).unwrap().mtime, 1_000_000_000);
     v.unmount().unwrap();
 }
+
+/// open/flush/release answered on the FUSE thread: only when there is nothing to upload
+/// and nothing to delete; everything else falls back to the ordinary calls.
+#[test]
+fn nowait_open_flush_release_only_when_nothing_is_pending() {
+    let mut fx = Fixture::new(small_params(Cipher::Aes256Gcm));
+    let v = fx.mount();
+    let vfs = &v.vfs;
+    let data = pattern(100_000, 3);
+    let (f, fh) = vfs.create(&CTX, ROOT_INO, b"f", 0o644).unwrap();
+    vfs.write(fh, 0, &data).unwrap();
+    assert!(
+        vfs.flush_nowait(fh).is_none(),
+        "written data must be sealed by the pool"
+    );
+    assert!(vfs.release_nowait(fh).is_none());
+    vfs.flush(fh).unwrap();
+    vfs.release(fh).unwrap();
+    vfs.sync_all().unwrap();
+
+    // A reader: every step answered without the pool, and the data is right.
+    let r = vfs.open_nowait(f.ino).unwrap().unwrap();
+    assert_eq!(vfs.read(r, 0, 200_000).unwrap(), data);
+    assert!(matches!(vfs.flush_nowait(r), Some(Ok(()))));
+    assert!(matches!(vfs.release_nowait(r), Some(Ok(()))));
+    assert!(matches!(vfs.read(r, 0, 1), Err(VfsError::BadHandle)));
+    assert!(
+        vfs.release_nowait(r).is_none(),
+        "an unknown handle goes to the pool"
+    );
+
+    // Two readers: the second release still works after the first.
+    let a = vfs.open_nowait(f.ino).unwrap().unwrap();
+    let b = vfs.open(f.ino).unwrap();
+    assert!(matches!(vfs.release_nowait(a), Some(Ok(()))));
+    assert_eq!(vfs.read(b, 0, 10).unwrap(), data[..10].to_vec());
+    assert!(matches!(vfs.release_nowait(b), Some(Ok(()))));
+
+    // An unlinked open file must be deleted at its last close: that is the pool's job.
+    let u = vfs.open_nowait(f.ino).unwrap().unwrap();
+    vfs.unlink(ROOT_INO, b"f").unwrap();
+    assert!(vfs.release_nowait(u).is_none());
+    vfs.release(u).unwrap();
+    assert!(matches!(vfs.getattr(f.ino), Err(VfsError::NotFound)));
+    v.unmount().unwrap();
+}

@@ -442,6 +442,20 @@ mod tests {
         assert_eq!(r.apply(Vec::new()), b"hello");
         s.remove(&f.name);
         assert!(s.bytes() < f.len);
+        // Emptied and kept for reuse; the next staging file is that one, and starts empty.
+        assert_eq!(s.list_files(), vec![f.name.clone()]);
+        assert_eq!(fs::metadata(dir.path().join(&f.name)).unwrap().len(), 0);
+        let g = s.create().unwrap();
+        assert_eq!((g.name.as_str(), g.len), (f.name.as_str(), 0));
+        s.delete(&g.name);
         assert!(s.list_files().is_empty());
+        let h = s.create().unwrap();
+        assert_ne!(h.name, f.name, "a deleted file is not reused");
+        s.remove(&h.name);
+        s.clear_pool();
+        assert!(
+            s.list_files().is_empty(),
+            "clear_pool deletes the emptied files"
+        );
     }
 }

@@ -930,6 +930,64 @@ impl Vfs {
         self.commit()
     }
 
+    /// `open` for the FUSE thread itself: `None` instead of waiting for a file whose state
+    /// is busy (a write may hold it while fetching a chunk).
+    pub fn open_nowait(&self, ino: Ino) -> Option<Result<u64>> {
+        let of = self.wb.open.lock().get(&ino).cloned();
+        let Some(of) = of else {
+            // A fresh state: nobody else holds its lock (but for a racing open of the same
+            // file, which holds it only to count itself).
+            return Some(self.open(ino));
+        };
+        of.try_lock_state()?.opens += 1;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, ino);
+        Some(Ok(fh))
+    }
+
+    /// `flush` (close) for the FUSE thread itself: answered when the file has nothing to
+    /// seal or record (a file that was only read); `None` when there is work to do.
+    pub fn flush_nowait(&self, fh: u64) -> Option<Result<()>> {
+        if self.sync_on_close() {
+            return None;
+        }
+        let ino = *self.handles.lock().get(&fh)?;
+        let of = self.wb.open.lock().get(&ino).cloned()?;
+        let st = of.try_lock_state()?;
+        (!st.pending() && st.mtime.is_none()).then_some(Ok(()))
+    }
+
+    /// `release` for the FUSE thread itself, under the same rule as `flush_nowait`; an
+    /// unlinked file (which may have to be deleted) goes to the worker pool.
+    pub fn release_nowait(&self, fh: u64) -> Option<Result<()>> {
+        let ino = *self.handles.lock().get(&fh)?;
+        let of = self.wb.open.lock().get(&ino).cloned()?;
+        {
+            let mut st = of.try_lock_state()?;
+            if st.pending() || st.mtime.is_some() {
+                return None;
+            }
+            match self.meta.get_inode(ino) {
+                Ok(i) if i.nlink > 0 => {}
+                _ => return None,
+            }
+            st.opens = st.opens.saturating_sub(1);
+        }
+        self.handles.lock().remove(&fh);
+        let mut map = self.wb.open.lock();
+        if map.get(&ino).is_some_and(|o| Arc::ptr_eq(o, &of)) {
+            // Busy means in use by another handle, whose release forgets it.
+            let idle = of
+                .try_lock_state()
+                .is_some_and(|st| st.opens == 0 && !st.pending());
+            if idle {
+                map.remove(&ino);
+                self.wb.drops.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Some(Ok(()))
+    }
+
     pub fn release(&self, fh: u64) -> Result<()> {
         let ino = self.handles.lock().remove(&fh).ok_or(VfsError::BadHandle)?;
         let of = match self.wb.open.lock().get(&ino).cloned() {
