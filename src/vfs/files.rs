@@ -89,6 +89,16 @@ struct Flying {
 }
 
 impl FileState {
+    /// Whether closing the file (sealing, handing chunks to the uploader, storing a tiny
+    /// file inline) can be done without waiting for the store: always for a file above the
+    /// inline size; for a tiny one, unless an upload is in flight or its bytes are only in
+    /// a stored chunk (which would be fetched).
+    fn close_cannot_wait(&self) -> bool {
+        self.size > INLINE_MAX
+            || (self.flying.is_empty()
+                && (self.open.contains_key(&0) || !self.refs.contains_key(&0)))
+    }
+
     fn dirty_bytes(&self) -> u64 {
         self.open.values().map(|c| c.buf.len() as u64).sum::<u64>()
             + self.flying.values().map(|f| f.plain_len).sum::<u64>()
@@ -945,38 +955,46 @@ impl Vfs {
         Some(Ok(fh))
     }
 
-    /// `flush` (close) for the FUSE thread itself: answered when the file has nothing to
-    /// seal or record (a file that was only read); `None` when there is work to do.
+    /// `flush` (close) for the FUSE thread itself: `None` when the file's state is busy or
+    /// closing it may wait (see `FileState::close_cannot_wait`).
     pub fn flush_nowait(&self, fh: u64) -> Option<Result<()>> {
         if self.sync_on_close() {
             return None;
         }
         let ino = *self.handles.lock().get(&fh)?;
         let of = self.wb.open.lock().get(&ino).cloned()?;
-        let st = of.try_lock_state()?;
-        (!st.pending() && st.mtime.is_none()).then_some(Ok(()))
+        let mut st = of.try_lock_state()?;
+        if !st.close_cannot_wait() {
+            return None;
+        }
+        Some(self.wb.flush_locked(&of, ino, &mut st))
     }
 
     /// `release` for the FUSE thread itself, under the same rule as `flush_nowait`; an
     /// unlinked file (which may have to be deleted) goes to the worker pool.
     pub fn release_nowait(&self, fh: u64) -> Option<Result<()>> {
+        if self.sync_on_close() {
+            return None;
+        }
         let ino = *self.handles.lock().get(&fh)?;
         let of = self.wb.open.lock().get(&ino).cloned()?;
-        {
+        let res = {
             let mut st = of.try_lock_state()?;
-            if st.pending() || st.mtime.is_some() {
+            if !st.close_cannot_wait() {
                 return None;
             }
             match self.meta.get_inode(ino) {
                 Ok(i) if i.nlink > 0 => {}
                 _ => return None,
             }
+            let res = self.wb.flush_locked(&of, ino, &mut st);
             st.opens = st.opens.saturating_sub(1);
-        }
+            res
+        };
         self.handles.lock().remove(&fh);
         let mut map = self.wb.open.lock();
         if map.get(&ino).is_some_and(|o| Arc::ptr_eq(o, &of)) {
-            // Busy means in use by another handle, whose release forgets it.
+            // Busy means in use by another handle or an upload, whose end forgets it.
             let idle = of
                 .try_lock_state()
                 .is_some_and(|st| st.opens == 0 && !st.pending());
@@ -985,7 +1003,7 @@ impl Vfs {
                 self.wb.drops.fetch_add(1, Ordering::SeqCst);
             }
         }
-        Some(Ok(()))
+        Some(res)
     }
 
     pub fn release(&self, fh: u64) -> Result<()> {
