@@ -24,6 +24,22 @@ pub fn socket_path(mnt: &Path) -> PathBuf {
     pid_file(mnt).with_extension("sock")
 }
 
+/// The mountpoint `m` (made absolute) and its control socket, or an error saying it is not
+/// one of this user's live mounts.
+pub fn socket_of(m: &Path) -> Result<(PathBuf, PathBuf)> {
+    let mnt =
+        std::fs::canonicalize(m).with_context(|| format!("{}: no such directory", m.display()))?;
+    let sock = socket_path(&mnt);
+    if !sock.exists() {
+        bail!(
+            "{} is not a cryptbucket mount of this user (no control socket {})",
+            mnt.display(),
+            sock.display()
+        );
+    }
+    Ok((mnt, sock))
+}
+
 /// What does not change while mounted.
 #[derive(Debug, Clone)]
 pub struct Info {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use super::control::{self, LeaseReport, Status};
@@ -21,16 +21,7 @@ pub struct StatusArgs {
 pub fn run(args: StatusArgs) -> Result<()> {
     super::gen::default_sigpipe();
     if let Some(m) = &args.mountpoint {
-        let mnt = std::fs::canonicalize(m)
-            .with_context(|| format!("{}: no such directory", m.display()))?;
-        let sock = control::socket_path(&mnt);
-        if !sock.exists() {
-            bail!(
-                "{} is not a cryptbucket mount of this user (no control socket {})",
-                mnt.display(),
-                sock.display()
-            );
-        }
+        let (_, sock) = control::socket_of(m)?;
         let st = control::query(&sock)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&st)?);

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use super::control;
@@ -18,16 +18,7 @@ pub struct SyncArgs {
 
 pub fn run(args: SyncArgs) -> Result<()> {
     for m in &args.mountpoints {
-        let mnt = std::fs::canonicalize(m)
-            .with_context(|| format!("{}: no such directory", m.display()))?;
-        let sock = control::socket_path(&mnt);
-        if !sock.exists() {
-            bail!(
-                "{} is not a cryptbucket mount of this user (no control socket {})",
-                mnt.display(),
-                sock.display()
-            );
-        }
+        let (mnt, sock) = control::socket_of(m)?;
         let r = control::sync(&sock).with_context(|| format!("cannot sync {}", mnt.display()))?;
         if !super::ui::quiet() {
             if r.read_only {
