@@ -37,6 +37,7 @@ struct Gate {
     refuse_over: AtomicU64,
     requests: AtomicU64,
     chunk_puts: AtomicU64,
+    chunk_gets: AtomicU64,
 }
 
 impl Gate {
@@ -63,6 +64,9 @@ impl ObjectStore for Gate {
     }
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes> {
         self.requests.fetch_add(1, Ordering::SeqCst);
+        if key.starts_with("d/") {
+            self.chunk_gets.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner().get(key, range).await
     }
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
@@ -373,5 +377,53 @@ fn disk_cache_survives_restart_and_a_damaged_entry_is_refetched() {
     let before = store.requests.load(Ordering::SeqCst);
     assert_eq!(read_all(&v.vfs, b.ino), big);
     assert!(store.requests.load(Ordering::SeqCst) > before, "refetched");
+    v.unmount().unwrap();
+}
+
+/// Files read one after another in directory order (grep -r, cp -r): the next files' first
+/// chunks are fetched in the background, and no chunk is downloaded twice.
+#[test]
+fn a_directory_scan_prefetches_the_next_files_once() {
+    let store = new_volume();
+    let cache = tempfile::tempdir().unwrap();
+    let v = open(&store, cache.path());
+    let d = v.vfs.mkdir(&CTX, ROOT_INO, b"d", 0o755).unwrap();
+    let mut files = Vec::new();
+    for i in 0..20u8 {
+        let data = pattern(10_000 + i as usize, i);
+        let (a, fh) = v
+            .vfs
+            .create(&CTX, d.ino, format!("f{i:02}").as_bytes(), 0o644)
+            .unwrap();
+        v.vfs.write(fh, 0, &data).unwrap();
+        v.vfs.release(fh).unwrap();
+        files.push((a.ino, data));
+    }
+    v.unmount().unwrap();
+
+    let fresh = tempfile::tempdir().unwrap();
+    let v = open(&store, fresh.path());
+    store.chunk_gets.store(0, Ordering::SeqCst);
+    for (ino, data) in &files[..3] {
+        assert_eq!(&read_all(&v.vfs, *ino), data);
+    }
+    // The third open in a row started prefetching what comes next.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.chunk_gets.load(Ordering::SeqCst) <= 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        store.chunk_gets.load(Ordering::SeqCst) > 3,
+        "nothing prefetched after three files read in order"
+    );
+    for (ino, data) in &files[3..] {
+        assert_eq!(&read_all(&v.vfs, *ino), data);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        store.chunk_gets.load(Ordering::SeqCst),
+        files.len() as u64,
+        "each chunk downloaded exactly once"
+    );
     v.unmount().unwrap();
 }

@@ -680,6 +680,54 @@ impl SqliteMeta {
         })
     }
 
+    /// Where `ino` is listed (one of its names, for a hard link): its parent and cookie.
+    pub fn position_of(&self, ino: Ino) -> Result<Option<(Ino, u64)>> {
+        self.read(|c| {
+            Ok(c.row(
+                "SELECT parent, cookie FROM dentries WHERE ino=?1 LIMIT 1",
+                [ino as i64],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?)
+        })
+    }
+
+    /// The first chunk of each of the next `n` entries of `parent` after `cookie` that have
+    /// one, with the entry's cookie.
+    pub fn next_first_chunks(
+        &self,
+        parent: Ino,
+        cookie: u64,
+        n: usize,
+    ) -> Result<Vec<(u64, ChunkRef)>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT d.cookie, c.idx, c.id, c.plain_len, c.stored_len, c.digest
+                 FROM dentries d JOIN chunks c ON c.ino=d.ino AND c.idx=0
+                 WHERE d.parent=?1 AND d.cookie>?2 ORDER BY d.cookie LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![parent as i64, cookie as i64, n as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (cookie, idx, id, plain_len, stored_len, digest) = row?;
+                out.push((
+                    cookie as u64,
+                    chunk_ref(idx, id, plain_len, stored_len, digest)?,
+                ));
+            }
+            Ok(out)
+        })
+    }
+
     pub fn inline_data(&self, ino: Ino) -> Result<Option<Vec<u8>>> {
         self.read(|c| {
             Ok(c.row(

@@ -88,6 +88,22 @@ struct Flying {
     failed: Option<Instant>,
 }
 
+/// Files opened one after another in directory order: the next files' first chunks are
+/// fetched in the background (on S3 each small file is otherwise one GET after another).
+#[derive(Default)]
+pub(super) struct Scan {
+    parent: Ino,
+    cookie: u64,
+    /// How many opens in a row followed the previous one in its directory.
+    streak: u32,
+    /// Entries up to this cookie were already prefetched.
+    ahead_until: u64,
+}
+
+/// Files and bytes a directory scan prefetches ahead of the reader, at most.
+const SCAN_FILES: usize = 16;
+const SCAN_BYTES: u64 = 32 << 20;
+
 impl FileState {
     /// Whether closing the file (sealing, handing chunks to the uploader, storing a tiny
     /// file inline) can be done without waiting for the store: always for a file above the
@@ -650,7 +666,61 @@ impl Vfs {
         Ok(of.clone())
     }
 
+    /// Called at every open: after two opens in a row that each followed the previous
+    /// one in the same directory, prefetch the first chunks of the next files (a window
+    /// that doubles with the streak).
+    fn note_open(&self, ino: Ino) {
+        let Ok(Some((parent, cookie))) = self.meta.position_of(ino) else {
+            return;
+        };
+        let mut s = self.scan.lock();
+        let follows = s.parent == parent && cookie > s.cookie;
+        if follows {
+            s.streak = s.streak.saturating_add(1);
+        } else {
+            *s = Scan {
+                parent,
+                cookie,
+                streak: 0,
+                ahead_until: cookie,
+            };
+            return;
+        }
+        s.cookie = cookie;
+        if s.streak < 2 {
+            return;
+        }
+        let window = (1usize << (s.streak - 1).min(8)).min(SCAN_FILES);
+        let Ok(next) = self.meta.next_first_chunks(parent, cookie, window) else {
+            return;
+        };
+        let mut bytes = 0;
+        let mut refs = Vec::new();
+        for (c, r) in next {
+            if c <= s.ahead_until {
+                continue;
+            }
+            bytes += r.stored_len;
+            if bytes > SCAN_BYTES {
+                break;
+            }
+            s.ahead_until = c;
+            refs.push(r);
+        }
+        drop(s);
+        if !refs.is_empty() {
+            self.data.prefetch(refs);
+        }
+    }
+
     pub fn open(&self, ino: Ino) -> Result<u64> {
+        let fh = self.open_handle(ino)?;
+        self.note_open(ino);
+        Ok(fh)
+    }
+
+    /// A new handle on `ino` (no scan detection: used by create too).
+    pub(super) fn open_handle(&self, ino: Ino) -> Result<u64> {
         self.file_state(ino, true)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, ino);
@@ -950,6 +1020,7 @@ impl Vfs {
             return Some(self.open(ino));
         };
         of.try_lock_state()?.opens += 1;
+        self.note_open(ino);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, ino);
         Some(Ok(fh))

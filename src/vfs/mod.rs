@@ -114,6 +114,8 @@ pub struct Vfs {
     read_only: bool,
     /// close() (FUSE flush) commits the metadata before returning (`--sync-on-close`).
     sync_on_close: std::sync::atomic::AtomicBool,
+    /// The last file opened, to recognise a scan of a directory (grep -r, cp -r, rsync).
+    scan: Mutex<files::Scan>,
 }
 
 /// Cheap, read-only counters for `cryptbucket status`.
@@ -168,6 +170,7 @@ impl Vfs {
             remote,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            scan: Mutex::new(files::Scan::default()),
             committed_gen: AtomicU64::new(u64::MAX),
             last_commit_ns: AtomicI64::new(0),
             read_only,
@@ -333,7 +336,7 @@ impl Vfs {
     /// Create and open a regular file.
     pub fn create(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32) -> Result<(Attr, u64)> {
         let i = self.make(ctx, parent, name, FileKind::File, mode, None, 0)?;
-        let fh = self.open(i.ino)?;
+        let fh = self.open_handle(i.ino)?;
         Ok((self.attr_of(i), fh))
     }
 
