@@ -72,6 +72,8 @@ pub struct OpenOptions {
     pub staging_limit: u64,
     /// Bound of the disk cache of sealed chunks.
     pub cache_size: u64,
+    /// Told how loading the store's metadata advances (a mount from an empty cache dir).
+    pub load_progress: Option<crate::meta::LoadProgress>,
 }
 
 impl Default for OpenOptions {
@@ -85,6 +87,7 @@ impl Default for OpenOptions {
             superseded_grace: crate::meta::remote::SUPERSEDED_GRACE,
             staging_limit: crate::data::staging::DEFAULT_STAGING_LIMIT,
             cache_size: crate::data::diskcache::DEFAULT_CACHE_SIZE,
+            load_progress: None,
         }
     }
 }
@@ -354,7 +357,10 @@ pub fn open_with(
     if !opts.read_only {
         remote.set_lease(lease.clone());
     }
-    let loaded = match remote.open_local(&meta) {
+    meta.set_load_progress(opts.load_progress.clone());
+    let opened = remote.open_local(&meta);
+    meta.set_load_progress(None);
+    let loaded = match opened {
         Ok(l) => l,
         Err(e) => {
             // A refused mount must not leave the volume locked for others.

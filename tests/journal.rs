@@ -530,6 +530,44 @@ fn mount_time_many_files() {
     mount_time(20_000);
 }
 
+/// A mount from an empty cache dir reports how loading the metadata advances (what
+/// `cryptbucket mount` shows as a bar on a big volume): rising, ending at its total.
+#[test]
+fn loading_metadata_reports_progress() {
+    let mut fx = Fx::new();
+    generate(&fx, 40_000);
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::<(u64, u64)>::new()));
+    let d = fx.dir();
+    let s = seen.clone();
+    let v = fx
+        .open(&d, move |o| {
+            o.load_progress = Some(cryptbucket::meta::LoadProgress(Arc::new(move |d, t| {
+                s.lock().push((d, t))
+            })));
+        })
+        .unwrap();
+    drop(v);
+    let seen = seen.lock().clone();
+    assert!(seen.len() >= 5, "a few reports for 40,000 files: {seen:?}");
+    let total = seen[0].1;
+    assert!(total >= 80_000, "inodes, entries and chunks count: {total}");
+    assert!(seen.iter().all(|(_, t)| *t == total));
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "never goes back");
+    assert_eq!(seen.last().copied(), Some((total, total)));
+    // A mount of a cache dir that is up to date loads nothing and reports nothing.
+    let again = Arc::new(parking_lot::Mutex::new(0u32));
+    let a = again.clone();
+    let v = fx
+        .open(&d, move |o| {
+            o.load_progress = Some(cryptbucket::meta::LoadProgress(Arc::new(move |_, _| {
+                *a.lock() += 1
+            })));
+        })
+        .unwrap();
+    drop(v);
+    assert_eq!(*again.lock(), 0);
+}
+
 #[test]
 fn mount_time_one_million_files() {
     if std::env::var_os("CRYPTBUCKET_LONG_TESTS").is_none() {

@@ -167,8 +167,30 @@ fn spawn_daemon(mnt: &Path, key: KeySource) -> Result<()> {
         })
     });
     let stdout = child.stdout.take().context("daemon stdout")?;
+    let mut stdout = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
+    let mut bar: Option<super::progress::Progress> = None;
+    loop {
+        line.clear();
+        stdout.read_line(&mut line)?;
+        let Some((done, total)) = parse_progress(&line) else {
+            break;
+        };
+        // Only a big load gets a bar: most mounts load in well under a second.
+        if bar.is_none() && total >= LOAD_BAR_ROWS && !super::ui::quiet() {
+            bar = Some(super::progress::Progress::new(
+                "loading metadata",
+                total,
+                super::progress::Unit::Items,
+            ));
+        }
+        if let Some(b) = &bar {
+            b.set_position(done);
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish("metadata loaded");
+    }
     if let Some(log) = line.trim().strip_prefix("READY ") {
         if super::ui::quiet() {
             return Ok(());
@@ -189,6 +211,17 @@ fn spawn_daemon(mnt: &Path, key: KeySource) -> Result<()> {
         bail!("the mount daemon exited before the mount was ready; run the same command with --foreground -v to see why");
     }
     std::process::exit(status.code().unwrap_or(1));
+}
+
+/// Rows (inodes, entries, chunk references) above which a mount shows loading progress.
+const LOAD_BAR_ROWS: u64 = 200_000;
+
+/// `PROGRESS done total` from the daemon child.
+fn parse_progress(line: &str) -> Option<(u64, u64)> {
+    let mut it = line.trim().strip_prefix("PROGRESS ")?.split(' ');
+    let done = it.next()?.parse().ok()?;
+    let total = it.next()?.parse().ok()?;
+    Some((done, total))
 }
 
 fn read_key_from_stdin() -> Result<KeySource> {
@@ -251,6 +284,14 @@ fn serve(
         cache_size: args
             .cache_size
             .unwrap_or(cryptbucket::data::diskcache::DEFAULT_CACHE_SIZE),
+        // The background daemon tells the waiting `cryptbucket mount` how loading goes.
+        load_progress: child.then(|| {
+            cryptbucket::meta::LoadProgress(Arc::new(|done, total| {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "PROGRESS {done} {total}");
+                let _ = out.flush();
+            }))
+        }),
         ..Default::default()
     };
     let vol = cryptbucket::volume::open_with(rt, Arc::new(counting), &key, &open_opts)?;
@@ -477,4 +518,17 @@ fn redirect_output(log: Option<&Path>) -> Result<()> {
         .with_context(|| format!("cannot log to {}", log.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_progress;
+
+    #[test]
+    fn progress_lines_from_the_daemon() {
+        assert_eq!(parse_progress("PROGRESS 5 10\n"), Some((5, 10)));
+        assert_eq!(parse_progress("READY /x/cryptbucket.log\n"), None);
+        assert_eq!(parse_progress("PROGRESS x 10"), None);
+        assert_eq!(parse_progress(""), None);
+    }
 }

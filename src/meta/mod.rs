@@ -12,6 +12,17 @@ pub use sqlite::SqliteMeta;
 
 /// Inode number. 1 is the root directory; numbers are never reused within a volume.
 pub type Ino = u64;
+
+/// Told (rows done, rows in all) while a mount loads the store's metadata into the local
+/// database, so `cryptbucket mount` can show progress on a big volume.
+#[derive(Clone)]
+pub struct LoadProgress(pub std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for LoadProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoadProgress")
+    }
+}
 pub const ROOT_INO: Ino = 1;
 
 /// Files at most this long live inside the metadata instead of in their own chunk object.

@@ -42,6 +42,8 @@ pub struct SqliteMeta {
     conn: Mutex<Connection>,
     /// Bumped on every change, so the committer knows whether a snapshot is due.
     generation: AtomicU64,
+    /// Told how a bulk load (`load_state`) advances.
+    pub(crate) load_progress: Mutex<Option<super::LoadProgress>>,
 }
 
 impl std::fmt::Debug for SqliteMeta {
@@ -232,7 +234,13 @@ impl SqliteMeta {
         Ok(SqliteMeta {
             conn: Mutex::new(conn),
             generation: AtomicU64::new(0),
+            load_progress: Mutex::new(None),
         })
+    }
+
+    /// Report the progress of the next bulk loads to `p` (None: stop reporting).
+    pub fn set_load_progress(&self, p: Option<super::LoadProgress>) {
+        *self.load_progress.lock() = p;
     }
 
     fn changed(&self) {

@@ -125,12 +125,33 @@ fn insert_rows(
     chunks: &[(u64, super::ChunkRef)],
     xattrs: &[SnapXattr],
 ) -> Result<()> {
+    insert_rows_reporting(tx, inodes, dentries, chunks, xattrs, &mut |_| {})
+}
+
+/// Rows between two progress reports of a bulk load.
+const REPORT_EVERY: usize = 16384;
+
+fn insert_rows_reporting(
+    tx: &Connection,
+    inodes: &[SnapInode],
+    dentries: &[SnapDentry],
+    chunks: &[(u64, super::ChunkRef)],
+    xattrs: &[SnapXattr],
+    report: &mut dyn FnMut(u64),
+) -> Result<()> {
     let mut st = tx.prepare_cached(INS_INODE)?;
-    for si in inodes {
+    for (i, si) in inodes.iter().enumerate() {
         insert_inode(&mut st, si)?;
+        if i % REPORT_EVERY == 0 {
+            report(i as u64);
+        }
     }
+    let base = inodes.len();
     let mut st = tx.prepare_cached(INS_DENTRY)?;
-    for d in dentries {
+    for (i, d) in dentries.iter().enumerate() {
+        if i % REPORT_EVERY == 0 {
+            report((base + i) as u64);
+        }
         st.execute(params![
             d.cookie as i64,
             d.parent as i64,
@@ -138,8 +159,12 @@ fn insert_rows(
             d.ino as i64
         ])?;
     }
+    let base = inodes.len() + dentries.len();
     let mut st = tx.prepare_cached(INS_CHUNK)?;
-    for (ino, c) in chunks {
+    for (i, (ino, c)) in chunks.iter().enumerate() {
+        if i % REPORT_EVERY == 0 {
+            report((base + i) as u64);
+        }
         st.execute(params![
             *ino as i64,
             c.idx as i64,
@@ -340,19 +365,36 @@ impl SqliteMeta {
         segments: &[Segment],
         state: &[(&str, Vec<u8>)],
     ) -> Result<()> {
+        let progress = self.load_progress.lock().clone();
+        let rows = (snap.inodes.len() + snap.dentries.len() + snap.chunks.len()) as u64;
+        let total = rows + snap.xattrs.len() as u64 + segments.len() as u64;
+        let mut report = |done: u64| {
+            if let Some(p) = &progress {
+                (p.0)(done, total);
+            }
+        };
         self.write(|tx| {
             tx.execute_batch(DROP_FOR_BULK)?;
-            insert_rows(tx, &snap.inodes, &snap.dentries, &snap.chunks, &snap.xattrs)?;
+            insert_rows_reporting(
+                tx,
+                &snap.inodes,
+                &snap.dentries,
+                &snap.chunks,
+                &snap.xattrs,
+                &mut report,
+            )?;
             tx.exec(
                 "INSERT OR REPLACE INTO state(key, value) VALUES ('next_ino', ?1)",
                 params![snap.next_ino.to_le_bytes().to_vec()],
             )?;
-            for seg in segments {
+            for (i, seg) in segments.iter().enumerate() {
+                report(rows + snap.xattrs.len() as u64 + i as u64);
                 apply_segment_tx(tx, seg)?;
             }
             tx.execute_batch(INDEXES)?;
             tx.execute_batch(TRIGGERS)?;
             set_state_tx(tx, state)?;
+            report(total);
             Ok(())
         })
     }
