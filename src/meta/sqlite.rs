@@ -189,6 +189,23 @@ fn parent_of_dir_tx(tx: &Connection, ino: Ino) -> Result<Option<Ino>> {
 }
 
 /// A `chunks` row (idx, id, plain_len, stored_len, digest) as a ChunkRef.
+/// A chunk reference's columns (idx, id, plain_len, stored_len, digest), from column `at` on.
+type ChunkCols = (i64, Vec<u8>, i64, i64, Vec<u8>);
+
+fn chunk_cols(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<ChunkCols> {
+    Ok((
+        r.get(at)?,
+        r.get(at + 1)?,
+        r.get(at + 2)?,
+        r.get(at + 3)?,
+        r.get(at + 4)?,
+    ))
+}
+
+fn chunk_ref_of((idx, id, plain_len, stored_len, digest): ChunkCols) -> Result<ChunkRef> {
+    chunk_ref(idx, id, plain_len, stored_len, digest)
+}
+
 fn chunk_ref(
     idx: i64,
     id: Vec<u8>,
@@ -670,19 +687,10 @@ impl SqliteMeta {
             let mut st = c.prepare_cached(
                 "SELECT idx, id, plain_len, stored_len, digest FROM chunks WHERE ino=?1 ORDER BY idx",
             )?;
-            let rows = st.query_map([ino as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, Vec<u8>>(4)?,
-                ))
-            })?;
+            let rows = st.query_map([ino as i64], |r| chunk_cols(r, 0))?;
             let mut out = Vec::new();
             for row in rows {
-                let (idx, id, plain_len, stored_len, digest) = row?;
-                out.push(chunk_ref(idx, id, plain_len, stored_len, digest)?);
+                out.push(chunk_ref_of(row?)?);
             }
             Ok(out)
         })
@@ -715,22 +723,12 @@ impl SqliteMeta {
                  WHERE d.parent=?1 AND d.cookie>?2 ORDER BY d.cookie LIMIT ?3",
             )?;
             let rows = st.query_map(params![parent as i64, cookie as i64, n as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Vec<u8>>(5)?,
-                ))
+                Ok((r.get::<_, i64>(0)?, chunk_cols(r, 1)?))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (cookie, idx, id, plain_len, stored_len, digest) = row?;
-                out.push((
-                    cookie as u64,
-                    chunk_ref(idx, id, plain_len, stored_len, digest)?,
-                ));
+                let (cookie, cols) = row?;
+                out.push((cookie as u64, chunk_ref_of(cols)?));
             }
             Ok(out)
         })
@@ -1030,22 +1028,10 @@ impl SqliteMeta {
             let mut st = tx.prepare(
                 "SELECT ino, idx, id, plain_len, stored_len, digest FROM chunks ORDER BY ino, idx",
             )?;
-            let rows = st.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Vec<u8>>(5)?,
-                ))
-            })?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, chunk_cols(r, 1)?)))?;
             for row in rows {
-                let (ino, idx, id, plain_len, stored_len, digest) = row?;
-                snap.chunks.push((
-                    ino as u64,
-                    chunk_ref(idx, id, plain_len, stored_len, digest)?,
-                ));
+                let (ino, cols) = row?;
+                snap.chunks.push((ino as u64, chunk_ref_of(cols)?));
             }
         }
         let next: Vec<u8> = tx

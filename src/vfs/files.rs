@@ -480,11 +480,20 @@ impl WriteBack {
     }
 
     fn forget_if_idle(&self, ino: Ino, of: &Arc<OpenFile>) {
+        self.forget_if_idle_with(ino, of, true);
+    }
+
+    /// Drop a file's open state once nothing uses it. Without `wait`, a state locked by
+    /// someone else is left alone (that user's own end forgets it).
+    fn forget_if_idle_with(&self, ino: Ino, of: &Arc<OpenFile>, wait: bool) {
         let mut map = self.open.lock();
         if map.get(&ino).is_some_and(|o| Arc::ptr_eq(o, of)) {
-            let st = of.st.lock();
-            if st.opens == 0 && !st.pending() {
-                drop(st);
+            let st = if wait {
+                Some(of.st.lock())
+            } else {
+                of.st.try_lock()
+            };
+            if st.is_some_and(|st| st.opens == 0 && !st.pending()) {
                 map.remove(&ino);
                 self.drops.fetch_add(1, Ordering::SeqCst);
             }
@@ -1063,17 +1072,7 @@ impl Vfs {
             res
         };
         self.handles.lock().remove(&fh);
-        let mut map = self.wb.open.lock();
-        if map.get(&ino).is_some_and(|o| Arc::ptr_eq(o, &of)) {
-            // Busy means in use by another handle or an upload, whose end forgets it.
-            let idle = of
-                .try_lock_state()
-                .is_some_and(|st| st.opens == 0 && !st.pending());
-            if idle {
-                map.remove(&ino);
-                self.wb.drops.fetch_add(1, Ordering::SeqCst);
-            }
-        }
+        self.wb.forget_if_idle_with(ino, &of, false);
         Some(res)
     }
 

@@ -335,9 +335,11 @@ impl Vfs {
 
     /// Create and open a regular file.
     pub fn create(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32) -> Result<(Attr, u64)> {
+        // A new inode cannot predate anything write-back recorded: no re-read needed.
+        let drops = self.drops();
         let i = self.make(ctx, parent, name, FileKind::File, mode, None, 0)?;
         let fh = self.open_handle(i.ino)?;
-        Ok((self.attr_of(i), fh))
+        Ok((self.attr_since(drops, i), fh))
     }
 
     /// mknod: regular files, FIFOs, sockets and device nodes (stored as metadata only).
