@@ -401,6 +401,12 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
+        let off = offset.max(0) as u64;
+        match self.vfs.write_nowait(fh, off, data) {
+            Some(Ok(n)) => return reply.written(n),
+            Some(Err(e)) => return fail!(reply, "write", e),
+            None => {}
+        }
         let vfs = self.vfs.clone();
         let data = data.to_vec();
         self.pool

@@ -426,4 +426,19 @@ fn a_directory_scan_prefetches_the_next_files_once() {
         "each chunk downloaded exactly once"
     );
     v.unmount().unwrap();
+
+    // What the scan prefetched was kept in the disk cache: the same scan after a restart
+    // downloads nothing.
+    let v = open(&store, fresh.path());
+    store.chunk_gets.store(0, Ordering::SeqCst);
+    for (ino, data) in &files {
+        assert_eq!(&read_all(&v.vfs, *ino), data);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        store.chunk_gets.load(Ordering::SeqCst),
+        0,
+        "a scan over prefetched files downloads them again"
+    );
+    v.unmount().unwrap();
 }

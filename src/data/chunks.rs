@@ -99,7 +99,9 @@ impl ChunkStore {
 
     /// Start downloading these chunks into the read-ahead buffer in the background (as
     /// many as it has room for; chunks already in the disk cache are read from there).
-    pub fn prefetch(&self, refs: Vec<ChunkRef>) {
+    /// `keep`: also store them in the disk cache (small files found by a directory scan,
+    /// worth keeping; a big file's stream is not, see `ahead`).
+    pub fn prefetch(&self, refs: Vec<ChunkRef>, keep: bool) {
         for c in refs {
             if self.disk.as_ref().is_some_and(|d| d.contains(&c.id)) {
                 continue;
@@ -112,6 +114,7 @@ impl ChunkStore {
                 self.ahead.clone(),
                 self.prefetchers.clone(),
             );
+            let disk = self.disk.clone().filter(|_| keep);
             self.rt.spawn(async move {
                 let mut got = None;
                 if let Ok(_permit) = sem.acquire_owned().await {
@@ -119,7 +122,13 @@ impl ChunkStore {
                     // A failure is left to the foreground read, which reports it.
                     if let Ok(b) = store.get(&key, None).await {
                         if b.len() as u64 >= c.stored_len {
-                            got = Some(b.slice(..c.stored_len as usize));
+                            let sealed = b.slice(..c.stored_len as usize);
+                            if let Some(d) = &disk {
+                                // Unchecked here; a damaged entry is found and replaced
+                                // by the read that opens it.
+                                d.insert(&c.id, &sealed);
+                            }
+                            got = Some(sealed);
                         }
                     }
                 }

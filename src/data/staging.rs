@@ -39,6 +39,8 @@ pub const FREE_SPACE_RESERVE: u64 = 256 << 20;
 /// small file written made ext4's inode allocator scan its recently freed inodes on every
 /// create (a third of the daemon's CPU in an untar); a truncated file keeps its inode.
 const POOL_MAX: usize = 256;
+/// How long a free-space reading of the cache disk is reused.
+const FREE_SPACE_TTL: Duration = Duration::from_millis(20);
 
 /// The staging directory of one volume and its byte accounting.
 pub struct Staging {
@@ -53,6 +55,8 @@ pub struct Staging {
     /// Names of empty staging files ready for reuse (none survive a restart: recovery
     /// deletes every file without a `staged` row).
     pool: Mutex<Vec<String>>,
+    /// The last free-space reading and when it was taken.
+    free_cache: Mutex<Option<(std::time::Instant, Option<u64>)>>,
 }
 
 /// An open staging file of one chunk, appended to by writes.
@@ -120,6 +124,7 @@ impl Staging {
             room: Mutex::new(()),
             room_cv: Condvar::new(),
             pool: Mutex::new(Vec::new()),
+            free_cache: Mutex::new(None),
         })
     }
 
@@ -143,6 +148,20 @@ impl Staging {
     }
 
     fn free_space(&self) -> Option<u64> {
+        // Asked before every write: a reading a few milliseconds old is as good (the reserve
+        // is far larger than what can be written meanwhile) and saves a statfs per write.
+        let mut cached = self.free_cache.lock();
+        if let Some((at, free)) = *cached {
+            if at.elapsed() < FREE_SPACE_TTL {
+                return free;
+            }
+        }
+        let free = self.statvfs_free();
+        *cached = Some((std::time::Instant::now(), free));
+        free
+    }
+
+    fn statvfs_free(&self) -> Option<u64> {
         let c = std::ffi::CString::new(self.dir.as_os_str().as_bytes()).ok()?;
         // SAFETY: statvfs writes into a zeroed struct we own; `c` is a valid C string.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };

@@ -237,6 +237,10 @@ impl SqliteMeta {
     }
 
     fn setup(conn: Connection) -> Result<Self> {
+        // Only this process opens the database (the cache dir is flock'ed): exclusive
+        // locking saves two fcntl locks per transaction and keeps the WAL index in memory
+        // instead of a shared -shm file (set before the first WAL access for that).
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // WAL + NORMAL: every commit survives a daemon crash; a power loss can only lose the
         // newest un-fsynced changes, never consistency (fsync() durability is the bucket's).

@@ -718,7 +718,7 @@ impl Vfs {
         }
         drop(s);
         if !refs.is_empty() {
-            self.data.prefetch(refs);
+            self.data.prefetch(refs, true);
         }
     }
 
@@ -829,7 +829,7 @@ impl Vfs {
             .filter(|(i, _)| !st.open.contains_key(i) && !st.flying.contains_key(i))
             .map(|(_, c)| c.clone())
             .collect();
-        self.data.prefetch(refs);
+        self.data.prefetch(refs, false);
     }
 
     /// Back-pressure: wait while staging is full and uploads can drain it, for as long as
@@ -864,9 +864,49 @@ impl Vfs {
             .filter(|e| *e <= MAX_FILE_SIZE)
             .ok_or(VfsError::TooBig)?;
         self.make_room(data.len() as u64 + 4096)?;
+        let mut st = of.st.lock();
+        self.write_locked(ino, &of, &mut st, off, end, data)
+    }
+
+    /// `write` for the FUSE thread itself: `None` (hand it to a worker) when it may wait
+    /// for the file's lock, for staging room, for an upload of a chunk it touches, or for
+    /// a stored chunk to be read before it is modified.
+    pub fn write_nowait(&self, fh: u64, off: u64, data: &[u8]) -> Option<Result<u32>> {
+        if self.read_only {
+            return None;
+        }
+        let end = off
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= MAX_FILE_SIZE)?;
+        if !self.wb.staging.has_room(data.len() as u64 + 4096) {
+            return None;
+        }
+        let (ino, of) = self.handle(fh).ok()?;
+        let mut st = of.try_lock_state()?;
+        let cs = self.chunk_size();
+        let first = off / cs;
+        let last = end.saturating_sub(1).max(off) / cs;
+        let ready = (first..=last).all(|idx| {
+            !st.flying.contains_key(&idx)
+                && (st.open.contains_key(&idx) || !st.refs.contains_key(&idx))
+        });
+        if !ready {
+            return None;
+        }
+        Some(self.write_locked(ino, &of, &mut st, off, end, data))
+    }
+
+    fn write_locked(
+        &self,
+        ino: Ino,
+        of: &Arc<OpenFile>,
+        st: &mut MutexGuard<'_, FileState>,
+        off: u64,
+        end: u64,
+        data: &[u8],
+    ) -> Result<u32> {
         let cs = self.chunk_size();
         let wb = &self.wb;
-        let mut st = of.st.lock();
         let mtime = now_ns();
         let size_after = st.size.max(end);
         let mut pos = off;
@@ -877,8 +917,8 @@ impl Vfs {
             let in_off = (pos % cs) as usize;
             let n = rest.len().min(cs as usize - in_off);
             // A chunk is rewritten only after its previous version reached the store.
-            wb.wait_chunk(&of, ino, &mut st, idx);
-            wb.open_chunk(ino, &mut st, idx)?;
+            wb.wait_chunk(of, ino, st, idx);
+            wb.open_chunk(ino, st, idx)?;
             let oc = st
                 .open
                 .get_mut(&idx)
@@ -914,23 +954,23 @@ impl Vfs {
                 .get(idx)
                 .is_some_and(|c| c.file.len > 2 * cs + (1 << 20));
             if big {
-                self.compact(ino, &mut st, *idx, mtime)?;
+                self.compact(ino, st, *idx, mtime)?;
             }
         }
         // A write that completes a chunk (a sequential stream) seals it now, so an append
         // stream never re-uploads a tail; random writes stay open until idle or close.
-        if end % cs == 0
+        if end.is_multiple_of(cs)
             && st
                 .open
                 .get(&(end / cs - 1))
                 .is_some_and(|c| c.buf.len() as u64 == cs)
         {
-            wb.seal(&of, ino, &mut st, end / cs - 1);
+            wb.seal(of, ino, st, end / cs - 1);
         }
         if wb.open_mem.load(Ordering::Relaxed) > OPEN_MEM_LIMIT {
             let idxs: Vec<u64> = st.open.keys().copied().collect();
             for idx in idxs {
-                wb.seal(&of, ino, &mut st, idx);
+                wb.seal(of, ino, st, idx);
             }
         }
         Ok(data.len() as u32)
