@@ -335,7 +335,10 @@ PYEOF
 # Filesystems: setup_FS, mount_FS MNT (fresh caches every time), unmount_FS MNT (returns once
 # everything is durable), flush_FS MNT (wait for background uploads; most have none).
 NMOUNT=0
-next_cache() { NMOUNT=$((NMOUNT + 1)); echo "$WORK/cache/$1.$NMOUNT"; }
+# A fresh cache dir per mount. It is called as $(next_cache ...), a subshell, so a counter
+# variable would never advance: every remount got the same dir and found the data it had
+# cached before (rclone's "cold" reads and grep were served from its cache).
+next_cache() { mkdir -p "$WORK/cache" && mktemp -d "$WORK/cache/$1.XXXXXX"; }
 register_mount() { echo "$1 $2" >>"$WORK/mounts"; }
 flush_none() { :; }
 
