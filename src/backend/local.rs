@@ -38,22 +38,18 @@ use super::{BackendError, ObjectMeta, ObjectStore, PutMode, Result};
 
 const TMP_PREFIX: &str = ".tmp-";
 const LOCK_NAME: &str = ".tmp-lock";
-/// Objects at least this big leave the page cache once written (or read): their pages hold
-/// ciphertext the mount's own caches already keep as plaintext, and recycling them at once
-/// spares the kernel allocating (on a VM: the host backing) fresh memory for every chunk.
+/// Objects at least this big leave the page cache once written and synced: their pages
+/// hold ciphertext the mount's own caches already keep as plaintext, and recycling them at
+/// once spares the kernel allocating (on a VM: the host backing) fresh memory for every chunk.
 const DROP_CACHE_MIN: usize = 256 << 10;
 
-/// Drop the clean page-cache pages of `f`'s byte range (advice only: errors are ignored).
-fn drop_cached(f: &File, off: u64, len: usize) {
+/// Drop the clean page-cache pages of a just-synced file of `len` bytes (advice only: errors
+/// are ignored).
+fn drop_cached(f: &File, len: usize) {
     if len >= DROP_CACHE_MIN {
         // SAFETY: posix_fadvise only reads its integer arguments; `f` is an open file.
         unsafe {
-            libc::posix_fadvise(
-                f.as_raw_fd(),
-                off as libc::off_t,
-                len as libc::off_t,
-                libc::POSIX_FADV_DONTNEED,
-            );
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
         }
     }
 }
@@ -329,7 +325,7 @@ fn put_blocking(
         f.set_modified(unique_mtime())
             .map_err(|e| io_err(&tmp, e))?;
         f.sync_all().map_err(|e| io_err(&tmp, e))?;
-        drop_cached(&f, 0, data.len());
+        drop_cached(&f, data.len());
         Ok(())
     })();
     if let Err(e) = written {

@@ -859,11 +859,8 @@ impl Vfs {
     pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> Result<u32> {
         self.writable()?;
         let (ino, of) = self.handle(fh)?;
-        let end = off
-            .checked_add(data.len() as u64)
-            .filter(|e| *e <= MAX_FILE_SIZE)
-            .ok_or(VfsError::TooBig)?;
-        self.make_room(data.len() as u64 + 4096)?;
+        let end = write_end(off, data)?;
+        self.make_room(staging_need(data))?;
         let mut st = of.st.lock();
         self.write_locked(ino, &of, &mut st, off, end, data)
     }
@@ -872,13 +869,9 @@ impl Vfs {
     /// for the file's lock, for staging room, for an upload of a chunk it touches, or for
     /// a stored chunk to be read before it is modified.
     pub fn write_nowait(&self, fh: u64, off: u64, data: &[u8]) -> Option<Result<u32>> {
-        if self.read_only {
-            return None;
-        }
-        let end = off
-            .checked_add(data.len() as u64)
-            .filter(|e| *e <= MAX_FILE_SIZE)?;
-        if !self.wb.staging.has_room(data.len() as u64 + 4096) {
+        self.writable().ok()?;
+        let end = write_end(off, data).ok()?;
+        if !self.wb.staging.has_room(staging_need(data)) {
             return None;
         }
         let (ino, of) = self.handle(fh).ok()?;
@@ -1350,6 +1343,18 @@ impl Vfs {
         self.commit()?;
         Ok(files)
     }
+}
+
+/// Where a write of `data` at `off` ends, if the file may grow that far.
+fn write_end(off: u64, data: &[u8]) -> Result<u64> {
+    off.checked_add(data.len() as u64)
+        .filter(|e| *e <= MAX_FILE_SIZE)
+        .ok_or(VfsError::TooBig)
+}
+
+/// Staging bytes a write of `data` may take (its record's framing included).
+fn staging_need(data: &[u8]) -> u64 {
+    data.len() as u64 + 4096
 }
 
 fn slice_or_zeros(buf: &[u8], off: u64, n: u64) -> Piece {
