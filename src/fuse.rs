@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -91,7 +91,19 @@ impl Pool {
 pub struct FuseFs {
     vfs: Arc<Vfs>,
     pool: Pool,
+    /// FUSE_HANDLE_KILLPRIV_V2 was agreed at init: set-ID bits on write, truncate and chown
+    /// are ours to clear (and the kernel stops asking for `security.capability` before
+    /// every write).
+    killpriv: bool,
+    /// For telling the kernel that attributes it caches changed behind its back (set once
+    /// the session runs; see `notify_slot`).
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
+
+/// Not in fuser 0.15's constants (protocol 7.33).
+const FUSE_HANDLE_KILLPRIV_V2: u32 = 1 << 28;
+/// WRITE flag under FUSE_HANDLE_KILLPRIV_V2: the writer lacks CAP_FSETID.
+const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
 
 impl FuseFs {
     pub fn new(vfs: Arc<Vfs>) -> Self {
@@ -103,7 +115,14 @@ impl FuseFs {
         FuseFs {
             vfs,
             pool: Pool::new(WORKERS),
+            killpriv: false,
+            notifier: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Where the mount puts its session's notifier once it is mounted.
+    pub fn notify_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 }
 
@@ -189,6 +208,9 @@ impl Filesystem for FuseFs {
         if config.add_capabilities(FUSE_DO_READDIRPLUS).is_ok() {
             let _ = config.add_capabilities(FUSE_READDIRPLUS_AUTO);
         }
+        // Without it the kernel asks for `security.capability` (GETXATTR) before every
+        // WRITE: 2-4 extra round trips per small file in an untar.
+        self.killpriv = config.add_capabilities(FUSE_HANDLE_KILLPRIV_V2).is_ok();
         Ok(())
     }
 
@@ -215,7 +237,7 @@ impl Filesystem for FuseFs {
 
     fn setattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -239,6 +261,10 @@ impl Filesystem for FuseFs {
             size,
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
+            // What the kernel's FATTR_KILL_SUIDGID would say (fuser does not pass it):
+            // always on chown, on truncate unless the caller is root (CAP_FSETID).
+            kill_setid: self.killpriv
+                && (uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0)),
         };
         // chmod, chown and utimens (tar, cp -a, rsync set all three per file) answered here
         // unless they change the size or would wait for a busy file.
@@ -392,28 +418,47 @@ impl Filesystem for FuseFs {
     fn write(
         &mut self,
         _req: &Request<'_>,
-        _ino: u64,
+        ino: u64,
         fh: u64,
         offset: i64,
         data: &[u8],
-        _write_flags: u32,
+        write_flags: u32,
         _flags: i32,
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
         let off = offset.max(0) as u64;
-        match self.vfs.write_nowait(fh, off, data) {
-            Some(Ok(n)) => return reply.written(n),
-            Some(Err(e)) => return fail!(reply, "write", e),
-            None => {}
+        // Set-ID bits to clear first (rare): done by a worker, with the write.
+        let kill = self.killpriv
+            && write_flags & FUSE_WRITE_KILL_SUIDGID != 0
+            && self.vfs.has_setid(ino).unwrap_or(true);
+        if !kill {
+            match self.vfs.write_nowait(fh, off, data) {
+                Some(Ok(n)) => return reply.written(n),
+                Some(Err(e)) => return fail!(reply, "write", e),
+                None => {}
+            }
         }
         let vfs = self.vfs.clone();
         let data = data.to_vec();
-        self.pool
-            .run(move || match vfs.write(fh, offset.max(0) as u64, &data) {
+        let notifier = self.notifier.clone();
+        self.pool.run(move || {
+            let res = if kill {
+                // The kernel keeps the old mode cached: make it ask again (attributes only,
+                // a negative offset), before it sees the write's reply.
+                vfs.kill_setid(ino).inspect(|()| {
+                    if let Some(n) = notifier.get() {
+                        let _ = n.inval_inode(ino, -1, 0);
+                    }
+                })
+            } else {
+                Ok(())
+            };
+            match res.and_then(|()| vfs.write(fh, off, &data)) {
                 Ok(n) => reply.written(n),
                 Err(e) => fail!(reply, "write", e),
-            });
+            }
+        });
     }
 
     fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lo: u64, reply: ReplyEmpty) {

@@ -597,3 +597,72 @@ fn fsx_s3() {
     m.unmount();
     drop(work);
 }
+
+// ------------------------------------------------------------------------------------------------
+// set-ID bits (FUSE_HANDLE_KILLPRIV_V2: the daemon clears them, not the kernel)
+
+/// Octal permission bits of `p` as the mount reports them.
+fn perm_of(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Run `sh -c script` as the user nobody.
+fn as_nobody(script: &str) {
+    let st = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "as nobody: {script}");
+}
+
+/// Linux's rules: chown clears set-user-ID and a group-executable file's set-group-ID bit;
+/// a write or truncate clears them only when the caller lacks CAP_FSETID (root keeps them).
+#[test]
+fn set_id_bits_are_cleared_on_chown_and_unprivileged_write_and_truncate() {
+    const NAME: &str = "set_id_bits_are_cleared_on_chown_and_unprivileged_write_and_truncate";
+    require_fuse!(NAME);
+    if !is_root() || find_tool("setpriv").is_none() {
+        note_skip(NAME, "needs root and setpriv (to write as another user)");
+        return;
+    }
+    let (_work, m) = local_mount(None, &["--allow-other"]);
+    let f = m.path.join("f");
+    fs::write(&f, b"x").unwrap();
+    let chmod = |mode: u32| fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+    chmod(0o6755);
+    std::os::unix::fs::chown(&f, Some(0), Some(0)).unwrap();
+    assert_eq!(perm_of(&f), 0o755, "chown (even by root) clears both bits");
+
+    chmod(0o6777);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert_eq!(perm_of(&f), 0o6777, "root's truncate keeps them");
+    fs::write(&f, b"root").unwrap();
+    assert_eq!(perm_of(&f), 0o6777, "root's write keeps them");
+
+    let q = f.display();
+    as_nobody(&format!("echo y >> '{q}'"));
+    assert_eq!(perm_of(&f), 0o777, "an unprivileged write clears both");
+    assert_eq!(fs::read(&f).unwrap(), b"rooty\n");
+
+    chmod(0o4777);
+    as_nobody(&format!("truncate -s 1 '{q}'"));
+    assert_eq!(
+        perm_of(&f),
+        0o777,
+        "an unprivileged truncate clears set-user-ID"
+    );
+    assert_eq!(fs::metadata(&f).unwrap().len(), 1);
+    m.unmount();
+}

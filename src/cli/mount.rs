@@ -319,13 +319,16 @@ fn serve(
         opts.push(MountOption::AllowOther);
     }
     let activity = super::idle::Activity::new();
-    let fs = super::idle::Watched::new(FuseFs::new(vol.vfs.clone()), activity.clone());
+    let fuse_fs = FuseFs::new(vol.vfs.clone());
+    let notify = fuse_fs.notify_slot();
+    let fs = super::idle::Watched::new(fuse_fs, activity.clone());
     let session = fuser::spawn_mount2(fs, &mnt, &opts).with_context(|| {
         format!(
             "cannot mount at {} (is fuse3 installed and /dev/fuse usable?)",
             mnt.display()
         )
     })?;
+    let _ = notify.set(session.notifier());
     let pidf = pid_file(&mnt);
     let _ = std::fs::create_dir_all(runtime_dir());
     let _ = std::fs::remove_file(pidf.with_extension("err"));

@@ -62,6 +62,16 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
+    /// Also clear a regular file's set-user-ID bit, and its set-group-ID bit when it is
+    /// group-executable (what Linux does on chown, and on truncate or write by a caller
+    /// without CAP_FSETID; the FUSE adapter asks for it when the kernel leaves that to us).
+    pub kill_setid: bool,
+}
+
+/// `perm` without the bits a write, truncate or chown removes (see `SetAttr::kill_setid`).
+pub fn without_setid(perm: u32) -> u32 {
+    let sgid = if perm & 0o010 != 0 { 0o2000 } else { 0 };
+    perm & !(0o4000 | sgid)
 }
 
 #[derive(Debug, Clone)]
@@ -447,6 +457,24 @@ impl Vfs {
         self.set_attrs(ino, &s, st)
     }
 
+    /// Whether `ino` is a regular file with bits a write by an unprivileged caller clears.
+    pub fn has_setid(&self, ino: Ino) -> Result<bool> {
+        let i = self.meta.get_inode(ino)?;
+        Ok(i.kind == FileKind::File && without_setid(i.perm) != i.perm)
+    }
+
+    /// Clear the set-ID bits a write by an unprivileged caller removes (see `has_setid`).
+    pub fn kill_setid(&self, ino: Ino) -> Result<()> {
+        if self.has_setid(ino)? {
+            let s = SetAttr {
+                kill_setid: true,
+                ..SetAttr::default()
+            };
+            self.setattr(ino, s)?;
+        }
+        Ok(())
+    }
+
     /// `setattr` for the FUSE thread itself: mode, owner and times only touch local
     /// metadata; `None` for a size change or a file whose state is busy (a write that may
     /// be fetching a chunk).
@@ -486,6 +514,10 @@ impl Vfs {
         }
         if let Some(g) = s.gid {
             i.gid = g;
+            changed = true;
+        }
+        if s.kill_setid && i.kind == FileKind::File && without_setid(i.perm) != i.perm {
+            i.perm = without_setid(i.perm);
             changed = true;
         }
         let resolve = |t: SetTime| match t {
