@@ -40,7 +40,7 @@ pub struct ChunkStore {
     keys: Arc<VolumeKeys>,
     rt: Handle,
     cache: BlockCache,
-    workers: Arc<tokio::sync::Semaphore>,
+    uploads: super::uploads::UploadPool,
     /// Uploads submitted and not yet finished (queued or running).
     pending: Arc<std::sync::atomic::AtomicU64>,
     disk: Option<Arc<DiskCache>>,
@@ -54,6 +54,16 @@ pub struct ChunkStore {
 /// Read-ahead downloads running at once.
 const PREFETCHERS: usize = 16;
 
+/// Counts an upload as pending until dropped (also when its job panics, so `wait_idle`
+/// cannot hang on it).
+struct Pending(Arc<std::sync::atomic::AtomicU64>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl ChunkStore {
     pub fn new(
         store: Arc<dyn ObjectStore>,
@@ -66,7 +76,7 @@ impl ChunkStore {
             keys,
             rt,
             cache: BlockCache::new(cache_bytes),
-            workers: Arc::new(tokio::sync::Semaphore::new(UPLOAD_WORKERS)),
+            uploads: super::uploads::UploadPool::new(UPLOAD_WORKERS),
             pending: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             disk: None,
             prefetchers: Arc::new(tokio::sync::Semaphore::new(PREFETCHERS)),
@@ -161,29 +171,21 @@ impl ChunkStore {
     pub fn upload_async(&self, idx: u64, produce: Produce, done: Done) {
         let store = self.store.clone();
         let keys = self.keys.clone();
-        let workers = self.workers.clone();
         let pending = self.pending.clone();
         pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rt = self.rt.clone();
-        self.rt.spawn(async move {
-            let permit = workers.acquire_owned().await;
-            // Seal, put and record in one blocking task: each hop between the runtime and
-            // the blocking pool cost two context switches per chunk (a third of the CPU of
-            // an untar went to switching threads).
-            let _ = tokio::task::spawn_blocking(move || {
-                let res = (|| {
-                    let _permit = permit.map_err(|e| DataError::Local(e.to_string()))?;
-                    let plain = produce()?;
-                    let (r, key, body) = Self::seal(&keys, idx, &plain)?;
-                    // A fresh random id is never overwritten, so a plain put is safe to retry.
-                    rt.block_on(store.put(&key, body, PutMode::Overwrite))?;
-                    Ok(r)
-                })();
-                done(res);
-            })
-            .await;
-            pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        });
+        // Seal, put and record on one thread (see `uploads`).
+        self.uploads.submit(Box::new(move || {
+            let _pending = Pending(pending);
+            let res = (|| {
+                let plain = produce()?;
+                let (r, key, body) = Self::seal(&keys, idx, &plain)?;
+                // A fresh random id is never overwritten, so a plain put is safe to retry.
+                rt.block_on(store.put(&key, body, PutMode::Overwrite))?;
+                Ok(r)
+            })();
+            done(res);
+        }));
     }
 
     /// Delete one chunk object that nothing references (an upload made stale) in the

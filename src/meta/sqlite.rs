@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS changes(
 CREATE INDEX IF NOT EXISTS changes_key ON changes(tbl, a, b);
 CREATE TABLE IF NOT EXISTS garbage(key TEXT PRIMARY KEY, due INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS staged(name TEXT PRIMARY KEY, ino INTEGER NOT NULL, idx INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS log_mark(one INTEGER PRIMARY KEY CHECK (one = 1), m INTEGER NOT NULL);
 ";
 
 /// SQLite-backed metadata. All access goes through one connection behind a mutex;
@@ -251,7 +252,13 @@ impl SqliteMeta {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.set_prepared_statement_cache_capacity(128);
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(journal::DROP_TRIGGERS)?;
         conn.execute_batch(journal::TRIGGERS)?;
+        // As if an export happened now (always safe: it only makes changes log anew), for a
+        // new database and one from a version without the mark.
+        conn.execute_batch(
+            "INSERT OR IGNORE INTO log_mark(one, m) SELECT 1, COALESCE(MAX(id), 0) FROM changes",
+        )?;
         Ok(SqliteMeta {
             conn: Mutex::new(conn),
             generation: AtomicU64::new(0),
@@ -972,8 +979,8 @@ impl SqliteMeta {
     /// [`export`](Self::export), plus the change-log mark it includes (see `finish_commit`).
     pub fn export_marked(&self) -> Result<(Snapshot, Vec<[u8; 16]>, i64)> {
         let conn = self.conn.lock();
+        let mark = journal::set_log_mark(&conn)?;
         let tx = conn.unchecked_transaction()?;
-        let mark: i64 = tx.row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
         let mut snap = Snapshot {
             version: super::snapshot::SNAPSHOT_VERSION,
             ..Snapshot::default()

@@ -9,8 +9,13 @@ use super::super::snapshot::{SnapDentry, SnapInode, SnapXattr, Snapshot};
 use super::{chunk_ref, row_inode, Cached, FileKind, MetaError, Result, SqliteMeta, INODE_COLS};
 
 // Table codes in `changes`: 1 inodes (a = ino), 2 dentries (a = cookie), 3 chunks (a = ino,
-// b = idx), 4 xattrs (a = ino, b = name). A key is logged once, under its newest id, so a
-// commit can clear exactly the entries it exported (ids <= its mark) and keep later ones.
+// b = idx), 4 xattrs (a = ino, b = name). A commit exports the keys logged up to a mark (the
+// highest id then, kept in `log_mark`) and clears exactly those ids once it reached the
+// store. So a key changed again is logged anew (a higher id) only when its entry is at or
+// below the last mark; an entry above it is still waiting for the next commit and covers the
+// change, so the write costs no change-log pages (an untarred file's three setattrs and its
+// size update each rewrote three: the entry, its index and the id sequence). Without a
+// `log_mark` row every change is logged anew.
 macro_rules! log_key {
     ($tbl:literal, $a:expr, $b:expr) => {
         concat!(
@@ -20,12 +25,18 @@ macro_rules! log_key {
             $a,
             " AND b=",
             $b,
-            ";",
-            "INSERT INTO changes(tbl, a, b) VALUES (",
+            " AND id <= COALESCE((SELECT m FROM log_mark WHERE one=1), 9223372036854775807);",
+            "INSERT INTO changes(tbl, a, b) SELECT ",
             $tbl,
             ", ",
             $a,
             ", ",
+            $b,
+            " WHERE NOT EXISTS (SELECT 1 FROM changes WHERE tbl=",
+            $tbl,
+            " AND a=",
+            $a,
+            " AND b=",
             $b,
             ");"
         )
@@ -68,11 +79,16 @@ pub(super) const TRIGGERS: &str = concat!(
     triggers!("xattrs", "xattrs", "4", "ino", "NEW.name", "OLD.name"),
 );
 
-const DROP_FOR_BULK: &str = "
+/// Run before `TRIGGERS` at every open, so a database made by an older version gets the
+/// current triggers.
+pub(super) const DROP_TRIGGERS: &str = "
 DROP TRIGGER IF EXISTS cb_inodes_ins; DROP TRIGGER IF EXISTS cb_inodes_del; DROP TRIGGER IF EXISTS cb_inodes_upd;
 DROP TRIGGER IF EXISTS cb_dentries_ins; DROP TRIGGER IF EXISTS cb_dentries_del; DROP TRIGGER IF EXISTS cb_dentries_upd;
 DROP TRIGGER IF EXISTS cb_chunks_ins; DROP TRIGGER IF EXISTS cb_chunks_del; DROP TRIGGER IF EXISTS cb_chunks_upd;
 DROP TRIGGER IF EXISTS cb_xattrs_ins; DROP TRIGGER IF EXISTS cb_xattrs_del; DROP TRIGGER IF EXISTS cb_xattrs_upd;
+";
+
+const DROP_FOR_BULK: &str = "
 DROP INDEX IF EXISTS dentries_ino; DROP INDEX IF EXISTS dentries_parent_cookie;
 DELETE FROM inodes; DELETE FROM dentries; DELETE FROM chunks; DELETE FROM xattrs;
 DELETE FROM dead_chunks; DELETE FROM changes;
@@ -82,6 +98,18 @@ const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS dentries_ino ON dentries(ino);
 CREATE INDEX IF NOT EXISTS dentries_parent_cookie ON dentries(parent, cookie);
 ";
+
+/// Mark the change log for an export: entries up to the returned id go into it, and a key
+/// changed from now on is logged anew if its entry is at or below the mark (see `log_key!`).
+/// Called with the connection locked for the whole export.
+pub(super) fn set_log_mark(conn: &Connection) -> Result<i64> {
+    let mark: i64 = conn.row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
+    conn.exec(
+        "INSERT OR REPLACE INTO log_mark(one, m) VALUES (1, ?1)",
+        [mark],
+    )?;
+    Ok(mark)
+}
 
 fn set_state_tx(tx: &Connection, state: &[(&str, Vec<u8>)]) -> Result<()> {
     let mut st = tx.prepare_cached("INSERT OR REPLACE INTO state(key, value) VALUES (?1, ?2)")?;
@@ -223,8 +251,8 @@ impl SqliteMeta {
     /// change-log mark it includes, and the chunk ids no current row references.
     pub fn export_changes(&self) -> Result<(Segment, i64, Vec<[u8; 16]>)> {
         let conn = self.conn.lock();
+        let mark = set_log_mark(&conn)?;
         let tx = conn.unchecked_transaction()?;
-        let mark: i64 = tx.row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
         let mut seg = Segment {
             version: SEGMENT_VERSION,
             ..Segment::default()
@@ -374,6 +402,7 @@ impl SqliteMeta {
             }
         };
         self.write(|tx| {
+            tx.execute_batch(DROP_TRIGGERS)?;
             tx.execute_batch(DROP_FOR_BULK)?;
             insert_rows_reporting(
                 tx,
@@ -495,5 +524,60 @@ impl SqliteMeta {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{FileKind, SqliteMeta};
+    use crate::meta::ROOT_INO;
+
+    fn log_len(m: &SqliteMeta) -> i64 {
+        m.conn
+            .lock()
+            .query_row("SELECT COUNT(*) FROM changes", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_change_after_an_export_survives_that_commit_and_repeats_log_once() {
+        let m = SqliteMeta::open_in_memory().unwrap();
+        m.init_root(0o755, 0, 0, 1).unwrap();
+        let f = m
+            .create(ROOT_INO, b"f", FileKind::File, 0o644, 0, 0, 2, None, 0)
+            .unwrap();
+        let (seg, mark, _) = m.export_changes().unwrap();
+        assert!(seg.inodes.iter().any(|i| i.inode.ino == f.ino));
+
+        // Changed while that commit is on its way: its entry is at or below the mark, so it
+        // must be logged anew or finish_commit would clear it unexported.
+        let mut i = m.get_inode(f.ino).unwrap();
+        i.perm = 0o600;
+        m.set_attrs(&i).unwrap();
+        m.finish_commit(mark, &[]).unwrap();
+        let (seg, mark, _) = m.export_changes().unwrap();
+        let got: Vec<u32> = seg
+            .inodes
+            .iter()
+            .filter(|i| i.inode.ino == f.ino)
+            .map(|i| i.inode.perm)
+            .collect();
+        assert_eq!(
+            got,
+            vec![0o600],
+            "the change after the export is in the next one"
+        );
+        m.finish_commit(mark, &[]).unwrap();
+        assert_eq!(log_len(&m), 0);
+
+        // Between exports, repeated changes of one key keep one entry.
+        for p in [0o640, 0o644, 0o600] {
+            i.perm = p;
+            m.set_attrs(&i).unwrap();
+        }
+        assert_eq!(log_len(&m), 1);
+        let (seg, _, _) = m.export_changes().unwrap();
+        assert_eq!(seg.inodes.len(), 1);
+        assert_eq!(seg.inodes[0].inode.perm, 0o600);
     }
 }
