@@ -407,6 +407,12 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
+        // A stream served from read-ahead (or cached blocks) is answered here.
+        match self.vfs.read_nowait(fh, offset.max(0) as u64, size) {
+            Some(Ok(d)) => return reply.data(&d),
+            Some(Err(e)) => return fail!(reply, "read", e),
+            None => {}
+        }
         let vfs = self.vfs.clone();
         self.pool
             .run(move || match vfs.read(fh, offset.max(0) as u64, size) {

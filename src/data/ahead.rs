@@ -110,6 +110,12 @@ impl Ahead {
         Some(e.sealed.clone())
     }
 
+    /// Whether chunk `id` was read ahead and its download has finished (`get` would not wait).
+    pub fn ready(&self, id: &[u8; 16]) -> bool {
+        let st = self.st.lock();
+        !st.loading.contains(id) && st.ready.contains_key(id)
+    }
+
     /// Drop a chunk (deleted, or found damaged).
     pub fn forget(&self, id: &[u8; 16]) {
         let mut st = self.st.lock();

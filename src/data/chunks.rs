@@ -220,6 +220,20 @@ impl ChunkStore {
 
     /// Read `len` bytes at `off` inside a chunk; bytes past its plaintext length are not
     /// returned (the caller fills holes with zeros).
+    /// Whether `read(c, off, len)` needs no disk or store access: every block is in the
+    /// block cache, or the chunk's read-ahead download has finished.
+    pub fn in_memory(&self, c: &ChunkRef, off: u64, len: u64) -> bool {
+        let end = (off + len).min(c.plain_len);
+        if off >= end {
+            return true;
+        }
+        if self.ahead.ready(&c.id) {
+            return true;
+        }
+        let bs = self.block_size();
+        ((off / bs) as u32..=((end - 1) / bs) as u32).all(|b| self.cache.contains(&c.id, b))
+    }
+
     pub fn read(&self, c: &ChunkRef, off: u64, len: u64) -> Result<Vec<u8>> {
         let end = (off + len).min(c.plain_len);
         if off >= end {

@@ -750,36 +750,85 @@ impl Vfs {
 
     pub fn read(&self, fh: u64, off: u64, len: u32) -> Result<Vec<u8>> {
         let (ino, of) = self.handle(fh)?;
-        let cs = self.chunk_size();
         let pieces = {
             let mut st = of.st.lock();
-            let end = (off + len as u64).min(st.size);
+            let Some((end, pieces)) = self.pieces(ino, &st, off, len, true)? else {
+                return Err(VfsError::Invalid("read of a chunk being uploaded"));
+            };
             self.read_ahead(&mut st, off, end);
-            let mut pieces = Vec::new();
-            let mut pos = off;
-            while pos < end {
-                let idx = pos / cs;
-                let in_off = pos % cs;
-                let n = (cs - in_off).min(end - pos);
-                if let Some(c) = st.open.get(&idx) {
-                    pieces.push(slice_or_zeros(&c.buf, in_off, n));
-                } else if let Some(f) = st.flying.get(&idx) {
-                    let buf = match &f.data {
-                        Some(d) => d.clone(),
-                        None => Arc::new(self.wb.replay(&f.name, f.base.as_ref(), ino, idx)?),
-                    };
-                    pieces.push(slice_or_zeros(&buf, in_off, n));
-                } else if let Some(c) = st.refs.get(&idx) {
-                    pieces.push(Piece::Stored(c.clone(), in_off, n));
-                } else if let (0, Some(data)) = (idx, st.inline.as_ref()) {
-                    pieces.push(slice_or_zeros(data, in_off, n));
-                } else {
-                    pieces.push(Piece::Zeros(n));
-                }
-                pos += n;
-            }
             pieces
         };
+        self.assemble(pieces, len)
+    }
+
+    /// `read` for the FUSE thread itself: only when every byte is in memory (open or
+    /// uploading chunks held in memory, the block cache, a finished read-ahead download),
+    /// so a stream served from read-ahead costs no hand-off to a worker per request.
+    pub fn read_nowait(&self, fh: u64, off: u64, len: u32) -> Option<Result<Vec<u8>>> {
+        let ino = *self.handles.lock().get(&fh)?;
+        let of = self.wb.open.lock().get(&ino).cloned()?;
+        let pieces = {
+            let mut st = of.try_lock_state()?;
+            let (end, pieces) = match self.pieces(ino, &st, off, len, false) {
+                Ok(r) => r?,
+                Err(e) => return Some(Err(e)),
+            };
+            let ready = pieces.iter().all(|p| match p {
+                Piece::Stored(c, in_off, n) => self.data.in_memory(c, *in_off, *n),
+                _ => true,
+            });
+            if !ready {
+                return None;
+            }
+            self.read_ahead(&mut st, off, end);
+            pieces
+        };
+        Some(self.assemble(pieces, len))
+    }
+
+    /// What a read of `len` bytes at `off` consists of, and where it ends. A chunk being
+    /// uploaded whose bytes are only in its staging file is read back from there, unless
+    /// `may_wait` is false: then the answer is None.
+    fn pieces(
+        &self,
+        ino: Ino,
+        st: &FileState,
+        off: u64,
+        len: u32,
+        may_wait: bool,
+    ) -> Result<Option<(u64, Vec<Piece>)>> {
+        let cs = self.chunk_size();
+        let end = (off + len as u64).min(st.size);
+        let mut pieces = Vec::new();
+        let mut pos = off;
+        while pos < end {
+            let idx = pos / cs;
+            let in_off = pos % cs;
+            let n = (cs - in_off).min(end - pos);
+            if let Some(c) = st.open.get(&idx) {
+                pieces.push(slice_or_zeros(&c.buf, in_off, n));
+            } else if let Some(f) = st.flying.get(&idx) {
+                let buf = match &f.data {
+                    Some(d) => d.clone(),
+                    None if may_wait => {
+                        Arc::new(self.wb.replay(&f.name, f.base.as_ref(), ino, idx)?)
+                    }
+                    None => return Ok(None),
+                };
+                pieces.push(slice_or_zeros(&buf, in_off, n));
+            } else if let Some(c) = st.refs.get(&idx) {
+                pieces.push(Piece::Stored(c.clone(), in_off, n));
+            } else if let (0, Some(data)) = (idx, st.inline.as_ref()) {
+                pieces.push(slice_or_zeros(data, in_off, n));
+            } else {
+                pieces.push(Piece::Zeros(n));
+            }
+            pos += n;
+        }
+        Ok(Some((end, pieces)))
+    }
+
+    fn assemble(&self, pieces: Vec<Piece>, len: u32) -> Result<Vec<u8>> {
         if let [Piece::Stored(c, in_off, n)] = pieces.as_slice() {
             // One chunk (most reads): its bytes are the reply, no copy.
             let mut got = self.data.read(c, *in_off, *n).inspect_err(|e| {
