@@ -110,10 +110,17 @@ impl Ahead {
         Some(e.sealed.clone())
     }
 
-    /// Whether chunk `id` was read ahead and its download has finished (`get` would not wait).
-    pub fn ready(&self, id: &[u8; 16]) -> bool {
-        let st = self.st.lock();
-        !st.loading.contains(id) && st.ready.contains_key(id)
+    /// `get` without waiting: None also while the download is in flight.
+    pub fn get_ready(&self, id: &[u8; 16]) -> Option<Bytes> {
+        let mut st = self.st.lock();
+        if st.loading.contains(id) {
+            return None;
+        }
+        st.clock += 1;
+        let now = st.clock;
+        let e = st.ready.get_mut(id)?;
+        e.used = Some(now);
+        Some(e.sealed.clone())
     }
 
     /// Drop a chunk (deleted, or found damaged).

@@ -32,11 +32,6 @@ impl BlockCache {
         self.inner.lock().lru.get(&(*chunk, block)).cloned()
     }
 
-    /// Whether the block is cached (without making it recently used).
-    pub fn contains(&self, chunk: &[u8; 16], block: u32) -> bool {
-        self.inner.lock().lru.contains(&(*chunk, block))
-    }
-
     pub fn insert(&self, chunk: [u8; 16], block: u32, data: Arc<Vec<u8>>) {
         let mut g = self.inner.lock();
         if data.len() > g.limit {

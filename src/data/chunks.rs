@@ -220,18 +220,58 @@ impl ChunkStore {
 
     /// Read `len` bytes at `off` inside a chunk; bytes past its plaintext length are not
     /// returned (the caller fills holes with zeros).
-    /// Whether `read(c, off, len)` needs no disk or store access: every block is in the
-    /// block cache, or the chunk's read-ahead download has finished.
-    pub fn in_memory(&self, c: &ChunkRef, off: u64, len: u64) -> bool {
+    /// `read`, but only from memory (the block cache, a finished read-ahead download): None
+    /// when that would need the disk cache or the store, or a download still in flight.
+    pub fn read_in_memory(&self, c: &ChunkRef, off: u64, len: u64) -> Option<Result<Vec<u8>>> {
         let end = (off + len).min(c.plain_len);
         if off >= end {
-            return true;
+            return Some(Ok(Vec::new()));
         }
-        if self.ahead.ready(&c.id) {
-            return true;
+        let (first, last) = self.block_span(off, end);
+        let blocks: Option<Vec<Arc<Vec<u8>>>> =
+            (first..=last).map(|b| self.cache.get(&c.id, b)).collect();
+        if let Some(blocks) = blocks {
+            self.count(true);
+            return Some(Ok(join_blocks(&blocks, first, self.block_size(), off, end)));
         }
+        // A damaged download is left to the waiting path, which fetches it again and
+        // reports what is wrong.
+        let sealed = self.ahead.get_ready(&c.id)?;
+        self.open_streamed(c, &sealed, first, last, off, end)
+            .map(Ok)
+    }
+
+    fn block_span(&self, off: u64, end: u64) -> (u32, u32) {
         let bs = self.block_size();
-        ((off / bs) as u32..=((end - 1) / bs) as u32).all(|b| self.cache.contains(&c.id, b))
+        ((off / bs) as u32, ((end - 1) / bs) as u32)
+    }
+
+    /// Blocks `first..=last` opened straight from a read-ahead download into the reply
+    /// (past the block cache: the kernel's page cache keeps what was read). None if the
+    /// download is damaged.
+    fn open_streamed(
+        &self,
+        c: &ChunkRef,
+        sealed: &Bytes,
+        first: u32,
+        last: u32,
+        off: u64,
+        end: u64,
+    ) -> Option<Vec<u8>> {
+        let n = last - first + 1;
+        let range = chunk_block_range(self.keys.params(), c.plain_len, first, n);
+        let got = sealed.get(range.start as usize..range.end as usize)?;
+        let mut plain = self
+            .keys
+            .open_chunk_range(&ChunkId(c.id), c.plain_len, &c.digest, first, n, got)
+            .ok()?;
+        let lo = (off - first as u64 * self.block_size()) as usize;
+        if lo > 0 {
+            plain.drain(..lo);
+        }
+        plain.truncate((end - off) as usize);
+        self.count(false);
+        Some(plain)
     }
 
     pub fn read(&self, c: &ChunkRef, off: u64, len: u64) -> Result<Vec<u8>> {
@@ -239,30 +279,12 @@ impl ChunkStore {
         if off >= end {
             return Ok(Vec::new());
         }
-        let bs = self.block_size();
-        let first = (off / bs) as u32;
-        let last = ((end - 1) / bs) as u32;
+        let (first, last) = self.block_span(off, end);
         let mut blocks: Vec<Option<Arc<Vec<u8>>>> =
             (first..=last).map(|b| self.cache.get(&c.id, b)).collect();
         if blocks.iter().all(|b| b.is_none()) {
             if let Some(sealed) = self.ahead.get(&c.id) {
-                // A stream: open straight from the read-ahead buffer into the reply, past
-                // the block cache (the kernel's page cache keeps what was read).
-                let n = last - first + 1;
-                let range = chunk_block_range(self.keys.params(), c.plain_len, first, n);
-                let got = sealed.get(range.start as usize..range.end as usize);
-                let id = ChunkId(c.id);
-                let opened = got.map(|g| {
-                    self.keys
-                        .open_chunk_range(&id, c.plain_len, &c.digest, first, n, g)
-                });
-                if let Some(Ok(mut plain)) = opened {
-                    let lo = (off - first as u64 * bs) as usize;
-                    if lo > 0 {
-                        plain.drain(..lo);
-                    }
-                    plain.truncate((end - off) as usize);
-                    self.count(false);
+                if let Some(plain) = self.open_streamed(c, &sealed, first, last, off, end) {
                     return Ok(plain);
                 }
                 // Damaged on the way: fetched again below, which reports what is wrong.
@@ -282,20 +304,15 @@ impl ChunkStore {
         } else {
             self.count(true);
         }
-        let mut out = Vec::with_capacity((end - off) as usize);
-        for (i, b) in blocks.iter().enumerate() {
-            let b = b.as_ref().ok_or_else(|| DataError::Corrupt {
-                key: ChunkId(c.id).object_key(),
-                reason: "block missing after fetch".into(),
-            })?;
-            let bstart = (first as u64 + i as u64) * bs;
-            let lo = off.saturating_sub(bstart) as usize;
-            let hi = ((end - bstart) as usize).min(b.len());
-            if lo < hi {
-                out.extend_from_slice(&b[lo..hi]);
-            }
-        }
-        Ok(out)
+        let blocks: Vec<Arc<Vec<u8>>> =
+            blocks
+                .into_iter()
+                .collect::<Option<_>>()
+                .ok_or_else(|| DataError::Corrupt {
+                    key: ChunkId(c.id).object_key(),
+                    reason: "block missing after fetch".into(),
+                })?;
+        Ok(join_blocks(&blocks, first, self.block_size(), off, end))
     }
 
     fn fetch_blocks(&self, c: &ChunkRef, first: u32, n: u32) -> Result<Vec<Vec<u8>>> {
@@ -448,4 +465,18 @@ impl ChunkStore {
             }
         })
     }
+}
+
+/// The bytes `off..end` of a chunk from its consecutive plaintext blocks starting at `first`.
+fn join_blocks(blocks: &[Arc<Vec<u8>>], first: u32, bs: u64, off: u64, end: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity((end - off) as usize);
+    for (i, b) in blocks.iter().enumerate() {
+        let bstart = (first as u64 + i as u64) * bs;
+        let lo = off.saturating_sub(bstart) as usize;
+        let hi = ((end - bstart) as usize).min(b.len());
+        if lo < hi {
+            out.extend_from_slice(&b[lo..hi]);
+        }
+    }
+    out
 }

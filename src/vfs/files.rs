@@ -767,23 +767,16 @@ impl Vfs {
     pub fn read_nowait(&self, fh: u64, off: u64, len: u32) -> Option<Result<Vec<u8>>> {
         let ino = *self.handles.lock().get(&fh)?;
         let of = self.wb.open.lock().get(&ino).cloned()?;
-        let pieces = {
-            let mut st = of.try_lock_state()?;
-            let (end, pieces) = match self.pieces(ino, &st, off, len, false) {
-                Ok(r) => r?,
-                Err(e) => return Some(Err(e)),
-            };
-            let ready = pieces.iter().all(|p| match p {
-                Piece::Stored(c, in_off, n) => self.data.in_memory(c, *in_off, *n),
-                _ => true,
-            });
-            if !ready {
-                return None;
-            }
-            self.read_ahead(&mut st, off, end);
-            pieces
+        let mut st = of.try_lock_state()?;
+        let (end, pieces) = match self.pieces(ino, &st, off, len, false) {
+            Ok(r) => r?,
+            Err(e) => return Some(Err(e)),
         };
-        Some(self.assemble(pieces, len))
+        // Assembled under the file's lock, so the read-ahead state only moves for a read
+        // answered here (a read left to a worker moves it there).
+        let out = self.assemble_with(pieces, len, |c, o, n| self.data.read_in_memory(c, o, n))?;
+        self.read_ahead(&mut st, off, end);
+        Some(out)
     }
 
     /// What a read of `len` bytes at `off` consists of, and where it ends. A chunk being
@@ -829,13 +822,30 @@ impl Vfs {
     }
 
     fn assemble(&self, pieces: Vec<Piece>, len: u32) -> Result<Vec<u8>> {
+        let out = self.assemble_with(pieces, len, |c, o, n| Some(self.data.read(c, o, n)));
+        out.unwrap_or(Err(VfsError::Invalid("read")))
+    }
+
+    /// The reply from its pieces, stored ones read with `read`; None as soon as `read`
+    /// gives None (the bytes are not at hand).
+    fn assemble_with(
+        &self,
+        pieces: Vec<Piece>,
+        len: u32,
+        read: impl Fn(&ChunkRef, u64, u64) -> Option<crate::data::Result<Vec<u8>>>,
+    ) -> Option<Result<Vec<u8>>> {
+        let read = |c: &ChunkRef, o: u64, n: u64| -> Option<Result<Vec<u8>>> {
+            Some(read(c, o, n)?.map_err(|e| {
+                tracing::error!("read failed: {e}");
+                e.into()
+            }))
+        };
         if let [Piece::Stored(c, in_off, n)] = pieces.as_slice() {
             // One chunk (most reads): its bytes are the reply, no copy.
-            let mut got = self.data.read(c, *in_off, *n).inspect_err(|e| {
-                tracing::error!("read failed: {e}");
-            })?;
-            got.resize(*n as usize, 0);
-            return Ok(got);
+            return Some(read(c, *in_off, *n)?.map(|mut got| {
+                got.resize(*n as usize, 0);
+                got
+            }));
         }
         let mut out = Vec::with_capacity(len as usize);
         for p in pieces {
@@ -843,16 +853,17 @@ impl Vfs {
                 Piece::Bytes(b) => out.extend_from_slice(&b),
                 Piece::Zeros(n) => out.resize(out.len() + n as usize, 0),
                 Piece::Stored(c, in_off, n) => {
-                    let got = self.data.read(&c, in_off, n).inspect_err(|e| {
-                        tracing::error!("read failed: {e}");
-                    })?;
+                    let got = match read(&c, in_off, n)? {
+                        Ok(g) => g,
+                        Err(e) => return Some(Err(e)),
+                    };
                     let want = out.len() + n as usize;
                     out.extend_from_slice(&got);
                     out.resize(want, 0);
                 }
             }
         }
-        Ok(out)
+        Some(Ok(out))
     }
 
     /// Read-ahead: a reader continuing where it stopped doubles its window (up to
