@@ -9,13 +9,14 @@ use super::super::snapshot::{SnapDentry, SnapInode, SnapXattr, Snapshot};
 use super::{chunk_ref, row_inode, Cached, FileKind, MetaError, Result, SqliteMeta, INODE_COLS};
 
 // Table codes in `changes`: 1 inodes (a = ino), 2 dentries (a = cookie), 3 chunks (a = ino,
-// b = idx), 4 xattrs (a = ino, b = name). A commit exports the keys logged up to a mark (the
-// highest id then, kept in `log_mark`) and clears exactly those ids once it reached the
-// store. So a key changed again is logged anew (a higher id) only when its entry is at or
-// below the last mark; an entry above it is still waiting for the next commit and covers the
-// change, so the write costs no change-log pages (an untarred file's three setattrs and its
-// size update each rewrote three: the entry, its index and the id sequence). Without a
-// `log_mark` row every change is logged anew.
+// b = idx), 4 xattrs (a = ino, b = name). A key is logged once, under its newest id. A
+// commit exports the keys logged up to a mark (the highest id then, kept in `log_mark`) and
+// clears exactly those ids once it reached the store. So a change is logged (the old entry
+// replaced by one with a new id) only when the key has no entry above the last mark; one
+// above it is still waiting for the next commit and covers the change, and the trigger's
+// WHEN clause skips its body: no change-log pages written (an untarred file's three setattrs
+// and its size update each rewrote three: the entry, its index and the id sequence). Without
+// a `log_mark` row every change is logged anew.
 macro_rules! log_key {
     ($tbl:literal, $a:expr, $b:expr) => {
         concat!(
@@ -25,20 +26,29 @@ macro_rules! log_key {
             $a,
             " AND b=",
             $b,
-            " AND id <= COALESCE((SELECT m FROM log_mark WHERE one=1), 9223372036854775807);",
-            "INSERT INTO changes(tbl, a, b) SELECT ",
+            ";",
+            "INSERT INTO changes(tbl, a, b) VALUES (",
             $tbl,
             ", ",
             $a,
             ", ",
             $b,
-            " WHERE NOT EXISTS (SELECT 1 FROM changes WHERE tbl=",
+            ");"
+        )
+    };
+}
+
+/// SQL true when the key has an entry logged after the last export mark.
+macro_rules! logged_after_mark {
+    ($tbl:literal, $a:expr, $b:expr) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM changes WHERE tbl=",
             $tbl,
             " AND a=",
             $a,
             " AND b=",
             $b,
-            ");"
+            " AND id > COALESCE((SELECT m FROM log_mark WHERE one=1), 9223372036854775807))"
         )
     };
 }
@@ -50,6 +60,8 @@ macro_rules! triggers {
             $name,
             "_ins AFTER INSERT ON ",
             $table,
+            " WHEN NOT ",
+            logged_after_mark!($tbl, concat!("NEW.", $a), $bnew),
             " BEGIN ",
             log_key!($tbl, concat!("NEW.", $a), $bnew),
             " END;",
@@ -57,14 +69,21 @@ macro_rules! triggers {
             $name,
             "_del AFTER DELETE ON ",
             $table,
+            " WHEN NOT ",
+            logged_after_mark!($tbl, concat!("OLD.", $a), $bold),
             " BEGIN ",
             log_key!($tbl, concat!("OLD.", $a), $bold),
             " END;",
+            // Both keys (the same one unless the row's key changed) must be covered to skip.
             "CREATE TRIGGER IF NOT EXISTS cb_",
             $name,
             "_upd AFTER UPDATE ON ",
             $table,
-            " BEGIN ",
+            " WHEN NOT (",
+            logged_after_mark!($tbl, concat!("OLD.", $a), $bold),
+            " AND ",
+            logged_after_mark!($tbl, concat!("NEW.", $a), $bnew),
+            ") BEGIN ",
             log_key!($tbl, concat!("OLD.", $a), $bold),
             log_key!($tbl, concat!("NEW.", $a), $bnew),
             " END;"
