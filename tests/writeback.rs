@@ -142,6 +142,19 @@ fn assert_reads_back(store: &Arc<Gate>, dir: &std::path::Path, ino: u64, want: &
     v.unmount().unwrap();
 }
 
+/// A fresh volume holding one file `name` with `data`, written, fsync'd and unmounted.
+fn stored_file(name: &[u8], data: &[u8]) -> (Arc<Gate>, tempfile::TempDir, u64) {
+    let store = new_volume();
+    let cache = tempfile::tempdir().unwrap();
+    let v = open(&store, cache.path());
+    let (f, fh) = v.vfs.create(&CTX, ROOT_INO, name, 0o644).unwrap();
+    v.vfs.write(fh, 0, data).unwrap();
+    v.vfs.fsync(fh).unwrap();
+    v.vfs.release(fh).unwrap();
+    v.unmount().unwrap();
+    (store, cache, f.ino)
+}
+
 /// Staging files holding data (emptied ones are kept for reuse while mounted).
 fn staging_files(cache: &std::path::Path) -> usize {
     std::fs::read_dir(cache.join("staging"))
@@ -336,18 +349,11 @@ fn cached_reads_and_stats_make_no_backend_request() {
 
 #[test]
 fn disk_cache_survives_restart_and_a_damaged_entry_is_refetched() {
-    let store = new_volume();
-    let cache = tempfile::tempdir().unwrap();
-    let v = open(&store, cache.path());
     let big = pattern(3 * CS, 4);
-    let (b, fh) = v.vfs.create(&CTX, ROOT_INO, b"big", 0o644).unwrap();
-    v.vfs.write(fh, 0, &big).unwrap();
-    v.vfs.fsync(fh).unwrap();
-    v.vfs.release(fh).unwrap();
-    v.unmount().unwrap();
+    let (store, cache, b) = stored_file(b"big", &big);
 
     let v = open(&store, cache.path());
-    assert_eq!(read_all(&v.vfs, b.ino), big); // fills the disk cache
+    assert_eq!(read_all(&v.vfs, b), big); // fills the disk cache
     v.unmount().unwrap();
     let entries: Vec<_> = std::fs::read_dir(cache.path().join("chunks"))
         .unwrap()
@@ -365,7 +371,7 @@ fn disk_cache_survives_restart_and_a_damaged_entry_is_refetched() {
     // After a restart the chunks come from disk: no backend request.
     let v = open(&store, cache.path());
     let before = store.requests.load(Ordering::SeqCst);
-    assert_eq!(read_all(&v.vfs, b.ino), big);
+    assert_eq!(read_all(&v.vfs, b), big);
     assert_eq!(store.requests.load(Ordering::SeqCst), before);
     v.unmount().unwrap();
 
@@ -375,7 +381,7 @@ fn disk_cache_survives_restart_and_a_damaged_entry_is_refetched() {
     std::fs::write(&entries[1], &raw).unwrap();
     let v = open(&store, cache.path());
     let before = store.requests.load(Ordering::SeqCst);
-    assert_eq!(read_all(&v.vfs, b.ino), big);
+    assert_eq!(read_all(&v.vfs, b), big);
     assert!(store.requests.load(Ordering::SeqCst) > before, "refetched");
     v.unmount().unwrap();
 }
@@ -445,19 +451,12 @@ fn a_directory_scan_prefetches_the_next_files_once() {
 
 #[test]
 fn a_stream_is_served_without_waiting_once_read_ahead_has_its_chunks() {
-    let store = new_volume();
-    let cache = tempfile::tempdir().unwrap();
-    let v = open(&store, cache.path());
     let data = pattern(8 * CS, 3);
-    let (f, fh) = v.vfs.create(&CTX, ROOT_INO, b"stream", 0o644).unwrap();
-    v.vfs.write(fh, 0, &data).unwrap();
-    v.vfs.fsync(fh).unwrap();
-    v.vfs.release(fh).unwrap();
-    v.unmount().unwrap();
+    let (store, cache, ino) = stored_file(b"stream", &data);
 
     // Cold: nothing of the file is in memory, so the FUSE thread must not answer.
     let v = open(&store, cache.path());
-    let fh = v.vfs.open(f.ino).unwrap();
+    let fh = v.vfs.open(ino).unwrap();
     let q = (CS / 4) as u32;
     assert!(v.vfs.read_nowait(fh, 0, q).is_none(), "a cold chunk waits");
     // The waiting read starts the stream; the next chunks arrive by read-ahead.

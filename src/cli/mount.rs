@@ -354,9 +354,20 @@ fn serve(
         r.save();
     }
     if child {
+        // The log file exists before the parent names it (a test saw it missing otherwise).
+        let log = if journal {
+            None
+        } else {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .with_context(|| format!("cannot open log {}", log_path.display()))?;
+            Some((f, log_path.as_path()))
+        };
         println!("READY {}", log_path.display());
         std::io::stdout().flush()?;
-        redirect_output(if journal { None } else { Some(&log_path) })?;
+        redirect_output(log)?;
     }
     let idle_timeout = args.desk.idle_timeout.unwrap_or(Duration::ZERO);
 
@@ -493,7 +504,7 @@ fn fusermount_u(mnt: &Path) -> Result<()> {
 
 /// After the parent has seen READY: stdout to /dev/null, stderr (and so the log) to a file,
 /// or left alone when it is the systemd journal (`log` None).
-fn redirect_output(log: Option<&Path>) -> Result<()> {
+fn redirect_output(log: Option<(std::fs::File, &Path)>) -> Result<()> {
     use std::os::unix::io::AsRawFd;
     let null = std::fs::OpenOptions::new()
         .read(true)
@@ -504,12 +515,7 @@ fn redirect_output(log: Option<&Path>) -> Result<()> {
         libc::dup2(null.as_raw_fd(), 0);
         libc::dup2(null.as_raw_fd(), 1);
     }
-    if let Some(log) = log {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("cannot open log {}", log.display()))?;
+    if let Some((f, log)) = log {
         // The lines logged before this point go first.
         super::logsink::switch(|| {
             // SAFETY: as above.
