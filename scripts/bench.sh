@@ -375,6 +375,11 @@ cb_unmount() { "$CB" unmount "$1" >>"$WORK/logs/cryptbucket.log" 2>&1; }
 setup_cb_local() {
     CRYPTBUCKET_PASSPHRASE=$PASS "$CB" init "$WORK/cb-store" >>"$WORK/logs/cb_local.log" 2>&1
 }
+# "flush" = everything written is in the store and committed (the request counts after it
+# then cover the whole untar).
+flush_cb() { "$CB" sync "$1" >/dev/null; }
+flush_cb_local() { flush_cb "$1"; }
+flush_cb_s3() { flush_cb "$1"; }
 mount_cb_local() { cb_mount cb_local "$WORK/cb-store" "$1"; }
 unmount_cb_local() { cb_unmount "$1"; }
 
