@@ -1,7 +1,6 @@
 //! The FUSE adapter: translates kernel requests into vfs calls and answers from a worker
 //! pool, so a slow store never blocks the FUSE loop. No filesystem logic lives here.
 
-use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -13,9 +12,9 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow,
 };
-use parking_lot::{Condvar, Mutex};
 
 use crate::meta::FileKind;
+use crate::pool::Pool;
 use crate::vfs::{Attr, Ctx, SetAttr, SetTime, Vfs, VfsError};
 
 /// How long the kernel may keep names and attributes without asking again. A writable
@@ -30,63 +29,6 @@ fn ttl() -> &'static Duration {
     TTL.get().unwrap_or(&TTL_READER)
 }
 const WORKERS: usize = 16;
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// A fixed set of threads taking jobs from one queue. Each job wakes exactly one idle
-/// worker (a shared `Mutex<Receiver>` woke two: the receiver and the next mutex waiter,
-/// doubling the context switches per request).
-struct Pool {
-    queue: Arc<Queue>,
-    /// No worker could start: run jobs on the caller's thread rather than drop them.
-    inline: bool,
-}
-
-#[derive(Default)]
-struct Queue {
-    jobs: Mutex<VecDeque<Job>>,
-    ready: Condvar,
-}
-
-impl Pool {
-    fn new(n: usize) -> Self {
-        let queue = Arc::new(Queue::default());
-        let mut started = 0;
-        for i in 0..n {
-            let q = queue.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("fuse-worker-{i}"))
-                .spawn(move || loop {
-                    let job = {
-                        let mut jobs = q.jobs.lock();
-                        loop {
-                            match jobs.pop_front() {
-                                Some(j) => break j,
-                                None => q.ready.wait(&mut jobs),
-                            }
-                        }
-                    };
-                    job();
-                });
-            match spawned {
-                Ok(_) => started += 1,
-                Err(e) => tracing::error!("could not start worker thread: {e}"),
-            }
-        }
-        Pool {
-            queue,
-            inline: started == 0,
-        }
-    }
-
-    fn run(&self, job: impl FnOnce() + Send + 'static) {
-        if self.inline {
-            return job();
-        }
-        self.queue.jobs.lock().push_back(Box::new(job));
-        self.queue.ready.notify_one();
-    }
-}
 
 pub struct FuseFs {
     vfs: Arc<Vfs>,
@@ -114,7 +56,7 @@ impl FuseFs {
         });
         FuseFs {
             vfs,
-            pool: Pool::new(WORKERS),
+            pool: Pool::new("fuse-worker", WORKERS),
             killpriv: false,
             notifier: Arc::new(OnceLock::new()),
         }

@@ -10,6 +10,7 @@ pub mod fsck;
 pub mod fuse;
 pub mod gc;
 pub mod meta;
+pub mod pool;
 pub mod rekey;
 pub mod vfs;
 pub mod volume;

@@ -33,6 +33,15 @@ struct State {
 }
 
 impl State {
+    /// A downloaded chunk for a reader, marked as just used (it stays until room is needed).
+    fn take(&mut self, id: &[u8; 16]) -> Option<Bytes> {
+        self.clock += 1;
+        let now = self.clock;
+        let e = self.ready.get_mut(id)?;
+        e.used = Some(now);
+        Some(e.sealed.clone())
+    }
+
     /// Make room for `len` more bytes by dropping chunks a reader has moved past (least
     /// recently used first) or that nobody came for.
     fn make_room(&mut self, len: u64) -> bool {
@@ -103,11 +112,7 @@ impl Ahead {
             // The download has its own retry deadline; the timeout only re-checks.
             self.cv.wait_for(&mut st, Duration::from_secs(1));
         }
-        st.clock += 1;
-        let now = st.clock;
-        let e = st.ready.get_mut(id)?;
-        e.used = Some(now);
-        Some(e.sealed.clone())
+        st.take(id)
     }
 
     /// `get` without waiting: None also while the download is in flight.
@@ -116,11 +121,7 @@ impl Ahead {
         if st.loading.contains(id) {
             return None;
         }
-        st.clock += 1;
-        let now = st.clock;
-        let e = st.ready.get_mut(id)?;
-        e.used = Some(now);
-        Some(e.sealed.clone())
+        st.take(id)
     }
 
     /// Drop a chunk (deleted, or found damaged).

@@ -40,7 +40,7 @@ pub struct ChunkStore {
     keys: Arc<VolumeKeys>,
     rt: Handle,
     cache: BlockCache,
-    uploads: super::uploads::UploadPool,
+    uploads: crate::pool::Pool,
     /// Uploads submitted and not yet finished (queued or running).
     pending: Arc<std::sync::atomic::AtomicU64>,
     disk: Option<Arc<DiskCache>>,
@@ -76,7 +76,7 @@ impl ChunkStore {
             keys,
             rt,
             cache: BlockCache::new(cache_bytes),
-            uploads: super::uploads::UploadPool::new(UPLOAD_WORKERS),
+            uploads: crate::pool::Pool::new("cb-upload", UPLOAD_WORKERS),
             pending: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             disk: None,
             prefetchers: Arc::new(tokio::sync::Semaphore::new(PREFETCHERS)),
@@ -174,8 +174,8 @@ impl ChunkStore {
         let pending = self.pending.clone();
         pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rt = self.rt.clone();
-        // Seal, put and record on one thread (see `uploads`).
-        self.uploads.submit(Box::new(move || {
+        // Seal, put and record on one thread (see `crate::pool`).
+        self.uploads.run(move || {
             let _pending = Pending(pending);
             let res = (|| {
                 let plain = produce()?;
@@ -185,7 +185,7 @@ impl ChunkStore {
                 Ok(r)
             })();
             done(res);
-        }));
+        });
     }
 
     /// Delete one chunk object that nothing references (an upload made stale) in the
@@ -218,8 +218,6 @@ impl ChunkStore {
         self.keys.params().block_size as u64
     }
 
-    /// Read `len` bytes at `off` inside a chunk; bytes past its plaintext length are not
-    /// returned (the caller fills holes with zeros).
     /// `read`, but only from memory (the block cache, a finished read-ahead download): None
     /// when that would need the disk cache or the store, or a download still in flight.
     pub fn read_in_memory(&self, c: &ChunkRef, off: u64, len: u64) -> Option<Result<Vec<u8>>> {
@@ -274,6 +272,8 @@ impl ChunkStore {
         Some(plain)
     }
 
+    /// Read `len` bytes at `off` inside a chunk; bytes past its plaintext length are not
+    /// returned (the caller fills holes with zeros).
     pub fn read(&self, c: &ChunkRef, off: u64, len: u64) -> Result<Vec<u8>> {
         let end = (off + len).min(c.plain_len);
         if off >= end {

@@ -6,7 +6,6 @@ pub mod cache;
 pub mod chunks;
 pub mod diskcache;
 pub mod staging;
-pub mod uploads;
 
 pub use chunks::{CacheStats, ChunkStore, UPLOAD_WORKERS};
 pub use diskcache::DiskCache;

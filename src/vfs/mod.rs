@@ -74,6 +74,11 @@ pub fn without_setid(perm: u32) -> u32 {
     perm & !(0o4000 | sgid)
 }
 
+/// Whether `i` is a regular file with bits that `without_setid` removes.
+fn has_setid_bits(i: &Inode) -> bool {
+    i.kind == FileKind::File && without_setid(i.perm) != i.perm
+}
+
 #[derive(Debug, Clone)]
 pub struct ReadDirEntry {
     pub ino: Ino,
@@ -459,8 +464,7 @@ impl Vfs {
 
     /// Whether `ino` is a regular file with bits a write by an unprivileged caller clears.
     pub fn has_setid(&self, ino: Ino) -> Result<bool> {
-        let i = self.meta.get_inode(ino)?;
-        Ok(i.kind == FileKind::File && without_setid(i.perm) != i.perm)
+        Ok(has_setid_bits(&self.meta.get_inode(ino)?))
     }
 
     /// Clear the set-ID bits a write by an unprivileged caller removes (see `has_setid`).
@@ -516,7 +520,7 @@ impl Vfs {
             i.gid = g;
             changed = true;
         }
-        if s.kill_setid && i.kind == FileKind::File && without_setid(i.perm) != i.perm {
+        if s.kill_setid && has_setid_bits(&i) {
             i.perm = without_setid(i.perm);
             changed = true;
         }

@@ -1,11 +1,12 @@
-//! The upload pool: a few plain threads taking sealed-chunk uploads from one queue.
+//! A small thread pool: up to a fixed number of named threads taking jobs from one queue.
+//! The FUSE adapter answers requests from one, the write-back uploads run on another.
 //!
-//! Each upload used to be a runtime task that took a permit and then hopped to the blocking
-//! pool: three thread wake-ups per chunk, the first paid by the FUSE thread at close(). On
-//! this VM a wake-up of an idle CPU is an IPI and a VM exit, and an untar of small files
-//! spent a fifth of the daemon's CPU on them. Here a job wakes a thread only when one is
-//! idle, and a busy worker takes the next job without sleeping; threads are started as the
-//! queue needs them, up to the limit.
+//! A job wakes a thread only when one is idle, and a busy thread takes the next job without
+//! sleeping; threads are started as the queue needs them, up to the limit. (On this VM a
+//! wake-up of an idle CPU is an IPI and a VM exit. Uploads used to be a runtime task plus a
+//! blocking-pool hop, three wake-ups per chunk; a shared `Mutex<Receiver>` woke two threads
+//! per FUSE request.) If no thread can be started at all, jobs run on the caller's thread
+//! rather than never.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,8 +15,9 @@ use parking_lot::{Condvar, Mutex};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-pub struct UploadPool {
+pub struct Pool {
     shared: Arc<Shared>,
+    name: &'static str,
     max: usize,
 }
 
@@ -32,21 +34,23 @@ struct Queue {
     closed: bool,
 }
 
-impl UploadPool {
-    pub fn new(max: usize) -> Self {
-        UploadPool {
+impl Pool {
+    /// A pool of at most `max` threads named `name-N`.
+    pub fn new(name: &'static str, max: usize) -> Self {
+        Pool {
             shared: Arc::new(Shared {
                 q: Mutex::new(Queue::default()),
                 cv: Condvar::new(),
             }),
+            name,
             max: max.max(1),
         }
     }
 
-    /// Run `job` on a worker, in submission order as workers free up.
-    pub fn submit(&self, job: Job) {
+    /// Run `job` on a pool thread, in submission order as threads free up.
+    pub fn run(&self, job: impl FnOnce() + Send + 'static) {
         let mut q = self.shared.q.lock();
-        q.jobs.push_back(job);
+        q.jobs.push_back(Box::new(job));
         if q.idle > 0 {
             self.shared.cv.notify_one();
             return;
@@ -56,20 +60,20 @@ impl UploadPool {
         }
         let shared = self.shared.clone();
         let spawned = std::thread::Builder::new()
-            .name("cb-upload".into())
+            .name(format!("{}-{}", self.name, q.threads))
             .spawn(move || work(&shared));
         match spawned {
             Ok(_) => q.threads += 1,
             Err(e) if q.threads == 0 => {
                 // No worker at all: run it here rather than never.
-                tracing::error!("could not start an upload thread: {e}");
+                tracing::error!("could not start a {} thread: {e}", self.name);
                 let job = q.jobs.pop_back();
                 drop(q);
                 if let Some(job) = job {
                     job();
                 }
             }
-            Err(e) => tracing::warn!("could not start another upload thread: {e}"),
+            Err(e) => tracing::warn!("could not start another {} thread: {e}", self.name),
         }
     }
 }
@@ -79,9 +83,9 @@ fn work(shared: &Shared) {
     loop {
         if let Some(job) = q.jobs.pop_front() {
             drop(q);
-            // A panicking job (a bug) must not take the worker, and its count, with it.
+            // A panicking job (a bug) must not take the thread, and its count, with it.
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                tracing::error!("an upload job panicked");
+                tracing::error!("a job of the thread pool panicked");
             }
             q = shared.q.lock();
             continue;
@@ -96,7 +100,7 @@ fn work(shared: &Shared) {
     }
 }
 
-impl Drop for UploadPool {
+impl Drop for Pool {
     /// Workers finish the queue, then exit.
     fn drop(&mut self) {
         self.shared.q.lock().closed = true;
@@ -112,19 +116,19 @@ mod tests {
 
     #[test]
     fn runs_every_job_with_at_most_max_threads() {
-        let pool = UploadPool::new(3);
+        let pool = Pool::new("test", 3);
         let done = Arc::new(AtomicUsize::new(0));
         let running = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         for _ in 0..50 {
             let (done, running, peak) = (done.clone(), running.clone(), peak.clone());
-            pool.submit(Box::new(move || {
+            pool.run(move || {
                 let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                 peak.fetch_max(now, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(2));
                 running.fetch_sub(1, Ordering::SeqCst);
                 done.fetch_add(1, Ordering::SeqCst);
-            }));
+            });
         }
         let t = Instant::now();
         while done.load(Ordering::SeqCst) < 50 && t.elapsed() < Duration::from_secs(20) {
@@ -138,15 +142,15 @@ mod tests {
 
     #[test]
     fn workers_exit_after_the_pool_is_dropped_and_the_queue_is_done() {
-        let pool = UploadPool::new(2);
+        let pool = Pool::new("test", 2);
         let shared = pool.shared.clone();
         let done = Arc::new(AtomicUsize::new(0));
         for _ in 0..4 {
             let done = done.clone();
-            pool.submit(Box::new(move || {
+            pool.run(move || {
                 std::thread::sleep(Duration::from_millis(5));
                 done.fetch_add(1, Ordering::SeqCst);
-            }));
+            });
         }
         drop(pool);
         let t = Instant::now();
