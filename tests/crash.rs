@@ -191,13 +191,6 @@ fn verify(mnt: &Path, log: &BTreeMap<PathBuf, u64>, what: &str, min_id: u64) -> 
     present
 }
 
-fn daemon_pid(mnt: &Path) -> i32 {
-    let o = run(cb().arg("status").arg(mnt).arg("--json"), CMD_TIMEOUT);
-    o.assert_ok();
-    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("status json");
-    v["pid"].as_i64().expect("pid") as i32
-}
-
 fn kill_and_detach(mnt: &Path, pid: i32) {
     // SAFETY: kill(2) on the pid of the daemon this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill {pid}");

@@ -847,3 +847,60 @@ fn flock_and_posix_locks_conflict_within_one_mount() {
     drop((a, b, rw));
     m.unmount();
 }
+
+// ------------------------------------------------------------------------------------------------
+// The FUSE thread's polling (--spin-us)
+
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_secs(pid: i32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("daemon stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here (0-based 11, 12).
+    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// One small-file burst: create, write, chmod, stat and read back, as tar or cp do.
+fn small_file_burst(dir: &Path, n: usize) {
+    fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let p = dir.join(format!("f{i}"));
+        fs::write(&p, format!("file {i}")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), format!("file {i}"));
+    }
+}
+
+#[test]
+fn the_fuse_thread_stops_polling_when_requests_stop() {
+    require_fuse!("the_fuse_thread_stops_polling_when_requests_stop");
+    let work = tempdir();
+    let w = work.path();
+    let vol = Volume::local(&w.join("store"), Key::Passphrase(PASS.into()));
+    vol.init();
+    for spin in ["10000", "0"] {
+        let (mnt, cache) = (w.join(format!("mnt{spin}")), w.join(format!("cache{spin}")));
+        let m = vol.mount_with(&mnt, &cache, &["--spin-us", spin]);
+        let pid = daemon_pid(&mnt);
+        small_file_burst(&mnt.join(format!("d{spin}")), 300);
+        // Let the commit of the burst and any upload finish, then watch an idle mount. A
+        // reader that kept polling would burn one CPU second per second here.
+        std::thread::sleep(Duration::from_millis(1500));
+        let before = cpu_secs(pid);
+        std::thread::sleep(Duration::from_secs(2));
+        let used = cpu_secs(pid) - before;
+        assert!(used < 0.5, "--spin-us {spin}: idle daemon used {used:.2} s of CPU in 2 s");
+        // Still serving after the idle spell.
+        small_file_burst(&mnt.join(format!("e{spin}")), 20);
+        m.unmount();
+    }
+    let m = vol.mount(&w.join("mnt"), &w.join("cache"));
+    for spin in ["10000", "0"] {
+        let d = w.join("mnt").join(format!("e{spin}"));
+        assert_eq!(fs::read_to_string(d.join("f19")).unwrap(), "file 19");
+    }
+    m.unmount();
+}

@@ -12,13 +12,6 @@ use common::*;
 
 const PASS: &str = "writeback passphrase";
 
-fn daemon_pid(mnt: &Path) -> i32 {
-    let o = run(cb().args(["status", "--json"]).arg(mnt), CMD_TIMEOUT);
-    o.assert_ok();
-    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("status json");
-    v["pid"].as_i64().expect("pid") as i32
-}
-
 #[test]
 fn kill_9_loses_no_acknowledged_write() {
     require_fuse!("kill_9_loses_no_acknowledged_write");

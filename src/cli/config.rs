@@ -67,6 +67,9 @@ pub struct VolumeConfig {
     /// Cap on staged written data ("1G"; `--staging-size`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub staging_size: Option<String>,
+    /// Microseconds the FUSE thread polls for the next request before sleeping (`--spin-us`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spin_us: Option<u64>,
     /// Seconds a store request keeps being retried (`--io-timeout`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub io_timeout: Option<u64>,
@@ -183,6 +186,9 @@ impl VolumeConfig {
             if let Some(Err(e)) = v.as_deref().map(super::mount::parse_size) {
                 return Err(problem(&[key], e));
             }
+        }
+        if self.spin_us.is_some_and(|us| us > 10_000) {
+            return Err(problem(&["spin_us"], "must be 0 to 10000 microseconds"));
         }
         if self.io_timeout == Some(0) {
             return Err(problem(&["io_timeout"], "must be at least 1 second"));
@@ -350,6 +356,7 @@ pub struct Applied {
     pub sync_on_close: bool,
     pub cache_size: Option<u64>,
     pub staging_size: Option<u64>,
+    pub spin_us: Option<u64>,
 }
 
 /// If `store.store` names a volume of the configuration, replace it with that volume's store
@@ -452,6 +459,7 @@ pub fn merge(
         sync_on_close: v.sync_on_close,
         cache_size: size(&v.cache_size),
         staging_size: size(&v.staging_size),
+        spin_us: v.spin_us,
     }
 }
 
@@ -473,6 +481,9 @@ pub fn apply_mount(args: &mut MountArgs) -> Result<PathBuf> {
     }
     if args.staging_size.is_none() {
         args.staging_size = applied.staging_size;
+    }
+    if args.spin_us.is_none() {
+        args.spin_us = applied.spin_us;
     }
     if args.mountpoint.is_none() {
         args.mountpoint = applied.mountpoint;

@@ -438,6 +438,14 @@ impl Drop for Mount {
 }
 
 /// Is `path` a mount point right now (per /proc/self/mountinfo)?
+/// The pid of the daemon serving `mnt` (from `cryptbucket status --json`).
+pub fn daemon_pid(mnt: &Path) -> i32 {
+    let o = run(cb().arg("status").arg(mnt).arg("--json"), CMD_TIMEOUT);
+    o.assert_ok();
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("status json");
+    v["pid"].as_i64().expect("pid") as i32
+}
+
 pub fn is_mounted(path: &Path) -> bool {
     let want = fs::canonicalize(path.parent().unwrap_or(Path::new("/")))
         .unwrap_or_else(|_| path.parent().unwrap_or(Path::new("/")).to_path_buf())

@@ -23,6 +23,7 @@ fn full(store: &str) -> VolumeConfig {
         sync_on_close: true,
         cache_size: Some("10G".into()),
         staging_size: Some("512M".into()),
+        spin_us: Some(20),
         io_timeout: Some(120),
         ca_bundle: Some("/etc/ssl/private-ca.pem".into()),
         sse: Some("aws:kms".into()),
@@ -214,6 +215,7 @@ fn the_file_fills_in_what_the_command_line_left_out() {
     assert_eq!(applied.profile.as_deref(), Some("backup"));
     assert_eq!(applied.cache_size, Some(10 << 30));
     assert_eq!(applied.staging_size, Some(512 << 20));
+    assert_eq!(applied.spin_us, Some(20));
     assert_eq!(s.io_timeout, Some(120));
     assert_eq!(s.s3.ca_bundle, v.ca_bundle);
     assert_eq!(s.s3.sse.as_deref(), Some("aws:kms"));
