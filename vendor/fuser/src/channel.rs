@@ -20,6 +20,11 @@ use crate::reply::ReplySender;
 /// last request before it sleeps.
 static RECEIVE_SPIN_NS: AtomicU64 = AtomicU64::new(0);
 
+thread_local! {
+    /// cryptbucket: this thread sent a reply since its last `receive`.
+    static REPLIED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// cryptbucket: set the time a session reading a non-blocking `/dev/fuse` keeps polling for
 /// the next request before it sleeps in poll(2). Has no effect on a blocking device.
 pub fn set_receive_spin(spin: Duration) {
@@ -48,15 +53,21 @@ impl Channel {
     /// Receives data up to the capacity of the given buffer (can block).
     ///
     /// cryptbucket: on a non-blocking device, keep reading for the spin time set with
-    /// `set_receive_spin`, then sleep in poll(2) until a request is ready.
+    /// `set_receive_spin`, then sleep in poll(2) until a request is ready. Only after a
+    /// request this thread answered itself: its caller is likely to ask again at once,
+    /// while one handed to another thread is answered later (and that thread needs the CPU).
     pub fn receive(&self, buffer: &mut [u8]) -> io::Result<usize> {
+        let spin = if REPLIED.with(|r| r.replace(false)) {
+            Duration::from_nanos(RECEIVE_SPIN_NS.load(Ordering::Relaxed))
+        } else {
+            Duration::ZERO
+        };
         let mut idle_since: Option<Instant> = None;
         loop {
             match self.read_once(buffer) {
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
                 r => return r,
             }
-            let spin = Duration::from_nanos(RECEIVE_SPIN_NS.load(Ordering::Relaxed));
             if idle_since.get_or_insert_with(Instant::now).elapsed() < spin {
                 std::hint::spin_loop();
                 continue;
@@ -113,6 +124,7 @@ impl ReplySender for ChannelSender {
                 bufs.len() as c_int,
             )
         };
+        REPLIED.with(|r| r.set(true));
         if rc < 0 {
             Err(io::Error::last_os_error())
         } else {
