@@ -892,7 +892,10 @@ fn the_fuse_thread_stops_polling_when_requests_stop() {
         let before = cpu_secs(pid);
         std::thread::sleep(Duration::from_secs(2));
         let used = cpu_secs(pid) - before;
-        assert!(used < 0.5, "--spin-us {spin}: idle daemon used {used:.2} s of CPU in 2 s");
+        assert!(
+            used < 0.5,
+            "--spin-us {spin}: idle daemon used {used:.2} s of CPU in 2 s"
+        );
         // Still serving after the idle spell.
         small_file_burst(&mnt.join(format!("e{spin}")), 20);
         m.unmount();

@@ -17,6 +17,10 @@ use crate::meta::ChunkRef;
 /// Uploads running at once (the write-back worker pool).
 pub const UPLOAD_WORKERS: usize = 8;
 
+/// Nice value of the upload workers: sealing and storing run behind the FUSE thread and the
+/// programs waiting on it (docs/DESIGN.md, "Upload workers run at nice 10").
+const UPLOAD_NICE: i32 = 10;
+
 /// Produces a chunk's plaintext on an upload worker (from memory, or replayed from staging).
 pub type Produce = Box<dyn FnOnce() -> Result<Vec<u8>> + Send>;
 /// Receives the outcome of an upload, on a blocking thread.
@@ -76,7 +80,7 @@ impl ChunkStore {
             keys,
             rt,
             cache: BlockCache::new(cache_bytes),
-            uploads: crate::pool::Pool::new("cb-upload", UPLOAD_WORKERS),
+            uploads: crate::pool::Pool::new("cb-upload", UPLOAD_WORKERS).with_nice(UPLOAD_NICE),
             pending: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             disk: None,
             prefetchers: Arc::new(tokio::sync::Semaphore::new(PREFETCHERS)),
