@@ -17,8 +17,9 @@ use crate::meta::ChunkRef;
 /// Uploads running at once (the write-back worker pool).
 pub const UPLOAD_WORKERS: usize = 8;
 
-/// Nice value of the upload workers: sealing and storing run behind the FUSE thread and the
-/// programs waiting on it (docs/DESIGN.md, "Upload workers run at nice 10").
+/// Nice steps the upload workers run below the process: sealing and storing run behind the
+/// FUSE thread and the programs waiting on it (docs/DESIGN.md, "Upload workers run at nice
+/// 10").
 const UPLOAD_NICE: i32 = 10;
 
 /// Produces a chunk's plaintext on an upload worker (from memory, or replayed from staging).
