@@ -37,7 +37,7 @@ pub use header::{
 pub use kdf::{argon2_params_from_env, Argon2Params};
 pub use keys::{generate_keyfile_bytes, ChunkId, KeySource, KmsKey, VolumeKeys};
 pub use params::VolumeParams;
-pub use record::RecordKind;
+pub use record::{RecordKind, RECORD_OVERHEAD};
 pub use slot::KmsSlotRef;
 
 /// Version of the on-bucket format described in docs/FORMAT.md.

@@ -77,24 +77,40 @@ impl VolumeKeys {
 
     /// Seal a metadata record (head, snapshot, journal segment, local staging file).
     pub fn seal_record(&self, kind: RecordKind, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if plaintext.len() > MAX_RECORD_PLAINTEXT {
+        let mut out = Vec::with_capacity(plaintext.len() + RECORD_OVERHEAD);
+        self.seal_record_into(kind, &[plaintext], &mut out)?;
+        Ok(out)
+    }
+
+    /// [`VolumeKeys::seal_record`] of the concatenation of `parts`, appended to `out`: the
+    /// same bytes, without gathering the plaintext into a buffer of its own first (staging
+    /// seals every write: a header and the data, framed by a length).
+    pub fn seal_record_into(
+        &self,
+        kind: RecordKind,
+        parts: &[&[u8]],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > MAX_RECORD_PLAINTEXT {
             return Err(CryptoError::InvalidArgument(format!(
-                "{} of {} bytes exceeds the {MAX_RECORD_PLAINTEXT}-byte limit",
+                "{} of {len} bytes exceeds the {MAX_RECORD_PLAINTEXT}-byte limit",
                 kind.name(),
-                plaintext.len()
             )));
         }
         let pre = prefix(kind.object_kind());
         let salt: [u8; RECORD_SALT_LEN] = random_array();
         let aead = self.record_aead(kind, &salt);
-        let mut out = Vec::with_capacity(plaintext.len() + RECORD_OVERHEAD);
+        out.reserve(len + RECORD_OVERHEAD);
         out.extend_from_slice(&pre);
         out.extend_from_slice(&salt);
         let start = out.len();
-        out.extend_from_slice(plaintext);
+        for p in parts {
+            out.extend_from_slice(p);
+        }
         let tag = aead.seal_in_place(&[0u8; 24], &pre, &mut out[start..]);
         out.extend_from_slice(&tag);
-        Ok(out)
+        Ok(())
     }
 
     /// Open a record sealed by [`VolumeKeys::seal_record`] with the same `kind`.
@@ -140,6 +156,23 @@ mod tests {
             ..VolumeParams::default()
         };
         VolumeKeys::from_parts_for_tests([1; 32], [2; 16], p)
+    }
+
+    #[test]
+    fn sealing_parts_into_a_buffer_is_sealing_their_concatenation_after_it() {
+        for c in [Cipher::Aes256Gcm, Cipher::XChaCha20Poly1305] {
+            let k = keys(c);
+            let (head, data) = (&b"header"[..], &[9u8; 5000][..]);
+            let mut out = b"LEN:".to_vec();
+            k.seal_record_into(RecordKind::Staging, &[head, data, b""], &mut out)
+                .unwrap();
+            assert_eq!(&out[..4], b"LEN:", "what was in the buffer stays");
+            assert_eq!(out.len(), 4 + head.len() + data.len() + RECORD_OVERHEAD);
+            let opened = k.open_record(RecordKind::Staging, &out[4..]).unwrap();
+            assert_eq!(opened, [head, data].concat());
+            // Bound to its kind like any record.
+            assert!(k.open_record(RecordKind::Journal, &out[4..]).is_err());
+        }
     }
 
     #[test]

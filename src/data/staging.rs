@@ -25,7 +25,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 
 use super::{DataError, Result};
-use crate::crypto::{ChunkId, RecordKind, VolumeKeys};
+use crate::crypto::{ChunkId, RecordKind, VolumeKeys, RECORD_OVERHEAD};
 
 const OP_WRITE: u8 = 1;
 const OP_CUT: u8 = 2;
@@ -221,11 +221,17 @@ impl Staging {
         Ok(StagedFile { name, file, len: 0 })
     }
 
-    fn append(&self, f: &mut StagedFile, plain: &[u8]) -> Result<()> {
-        let sealed = self.keys.seal_record(RecordKind::Staging, plain)?;
-        let mut frame = Vec::with_capacity(4 + sealed.len());
-        frame.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&sealed);
+    /// Append one framed record (length, then the sealed `head` + `data`): one buffer,
+    /// one copy of the data, one write.
+    fn append(&self, f: &mut StagedFile, head: &[u8], data: &[u8]) -> Result<()> {
+        let sealed_len = head.len() + data.len() + RECORD_OVERHEAD;
+        let len = u32::try_from(sealed_len)
+            .map_err(|_| DataError::Local(format!("a staging record of {sealed_len} bytes")))?;
+        let mut frame = Vec::with_capacity(4 + sealed_len);
+        frame.extend_from_slice(&len.to_le_bytes());
+        self.keys
+            .seal_record_into(RecordKind::Staging, &[head, data], &mut frame)?;
+        debug_assert_eq!(frame.len(), 4 + sealed_len);
         f.file
             .write_all(&frame)
             .map_err(|e| io(&self.path(&f.name), e))?;
@@ -259,9 +265,8 @@ impl Staging {
         mtime: i64,
     ) -> Result<()> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let mut p = Self::record(OP_WRITE, ino, idx, seq, size, mtime, off);
-        p.extend_from_slice(data);
-        self.append(f, &p)
+        let head = Self::record(OP_WRITE, ino, idx, seq, size, mtime, off);
+        self.append(f, &head, data)
     }
 
     /// Record that the chunk is now `len` bytes long and the file `size` bytes.
@@ -276,7 +281,7 @@ impl Staging {
     ) -> Result<()> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let p = Self::record(OP_CUT, ino, idx, seq, size, mtime, len);
-        self.append(f, &p)
+        self.append(f, &p, &[])
     }
 
     /// [`Staging::cut`] on a staging file no longer held open (a chunk being uploaded): with
