@@ -23,7 +23,8 @@ pub const UPLOAD_WORKERS: usize = 8;
 const UPLOAD_NICE: i32 = 10;
 
 /// Produces a chunk's plaintext on an upload worker (from memory, or replayed from staging).
-pub type Produce = Box<dyn FnOnce() -> Result<Vec<u8>> + Send>;
+/// Shared, so a chunk still held in memory is sealed from there without a copy.
+pub type Produce = Box<dyn FnOnce() -> Result<std::sync::Arc<Vec<u8>>> + Send>;
 /// Receives the outcome of an upload, on a blocking thread.
 pub type Done = Box<dyn FnOnce(Result<ChunkRef>) + Send>;
 

@@ -289,12 +289,12 @@ impl WriteBack {
         let produce: crate::data::chunks::Produce = match &f.data {
             Some(d) => {
                 let d = d.clone();
-                Box::new(move || Ok((*d).clone()))
+                Box::new(move || Ok(d))
             }
             None => {
                 let wb = self.clone();
                 let (name, base) = (f.name.clone(), f.base.clone());
-                Box::new(move || wb.replay(&name, base.as_ref(), ino, idx))
+                Box::new(move || Ok(Arc::new(wb.replay(&name, base.as_ref(), ino, idx)?)))
             }
         };
         let wb = self.clone();
