@@ -47,6 +47,34 @@ const FUSE_HANDLE_KILLPRIV_V2: u32 = 1 << 28;
 /// WRITE flag under FUSE_HANDLE_KILLPRIV_V2: the writer lacks CAP_FSETID.
 const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
 
+/// `--spin-us` default and bound; see docs/DESIGN.md ("FUSE thread polls before it sleeps").
+pub const DEFAULT_SPIN_US: u64 = 50;
+pub const SPIN_US_MAX: u64 = 10_000;
+
+/// Make the session's /dev/fuse non-blocking and let its reader poll `us` microseconds for
+/// the next request before sleeping (vendor/fuser/PATCHED.md). Without it, every request
+/// wakes the reader from sleep. Call before the session starts.
+pub fn set_spin<FS: fuser::Filesystem>(session: &fuser::Session<FS>, us: u64) {
+    use std::os::fd::{AsFd, AsRawFd};
+    if us == 0 {
+        return;
+    }
+    let fd = session.as_fd().as_raw_fd();
+    // SAFETY: fcntl on a descriptor the session owns and keeps open; only the flags change.
+    let ok = unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
+    };
+    if ok {
+        fuser::set_receive_spin(Duration::from_micros(us));
+    } else {
+        tracing::warn!(
+            "cannot make /dev/fuse non-blocking ({}); the FUSE thread sleeps between requests",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 impl FuseFs {
     pub fn new(vfs: Arc<Vfs>) -> Self {
         let _ = TTL.set(if vfs.is_read_only() {

@@ -91,21 +91,22 @@ impl Pool {
     }
 }
 
-/// Lower the calling thread's priority by `nice` steps from the process's (Linux's nice is
-/// per thread: other threads keep theirs).
+/// Lower the calling thread's priority to `nice` steps below the process's (its main
+/// thread's): a worker started from another niced worker (a retried upload) must not
+/// compound the two. Linux's nice is per thread: other threads keep theirs.
 fn set_nice(nice: i32) {
     if nice == 0 {
         return;
     }
-    // SAFETY: gettid, getpriority and setpriority have no memory preconditions; errno is
-    // cleared first because -1 is also a valid priority.
+    // SAFETY: getpid, gettid, getpriority and setpriority have no memory preconditions;
+    // errno is cleared first because -1 is also a valid priority.
     let rc = unsafe {
-        let tid = libc::gettid() as libc::id_t;
         *libc::__errno_location() = 0;
-        let base = libc::getpriority(libc::PRIO_PROCESS, tid);
+        let base = libc::getpriority(libc::PRIO_PROCESS, libc::getpid() as libc::id_t);
         if base == -1 && *libc::__errno_location() != 0 {
             -1
         } else {
+            let tid = libc::gettid() as libc::id_t;
             libc::setpriority(libc::PRIO_PROCESS, tid, (base + nice).min(19))
         }
     };

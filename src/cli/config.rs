@@ -187,8 +187,15 @@ impl VolumeConfig {
                 return Err(problem(&[key], e));
             }
         }
-        if self.spin_us.is_some_and(|us| us > 10_000) {
-            return Err(problem(&["spin_us"], "must be 0 to 10000 microseconds"));
+        if self
+            .spin_us
+            .is_some_and(|us| us > cryptbucket::fuse::SPIN_US_MAX)
+        {
+            let max = cryptbucket::fuse::SPIN_US_MAX;
+            return Err(problem(
+                &["spin_us"],
+                format!("must be 0 to {max} microseconds"),
+            ));
         }
         if self.io_timeout == Some(0) {
             return Err(problem(&["io_timeout"], "must be at least 1 second"));

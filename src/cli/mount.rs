@@ -78,37 +78,11 @@ pub struct MountArgs {
     /// After answering a request, the FUSE thread keeps polling for the next one this many
     /// microseconds before it sleeps (default 50; 0 = sleep at once). Waking a sleeping
     /// CPU costs tens of microseconds on a VM, once per request of a tar or cp.
-    #[arg(long, value_name = "MICROS", value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    #[arg(long, value_name = "MICROS",
+          value_parser = clap::value_parser!(u64).range(0..=cryptbucket::fuse::SPIN_US_MAX))]
     pub spin_us: Option<u64>,
     #[arg(long, hide = true)]
     pub daemon_child: bool,
-}
-
-/// See `--spin-us` and docs/DESIGN.md ("FUSE thread polls before it sleeps").
-const DEFAULT_SPIN_US: u64 = 50;
-
-/// Make the session's /dev/fuse non-blocking and let its reader poll `us` microseconds for
-/// the next request before sleeping (vendor/fuser/PATCHED.md). Without it, every request
-/// wakes the reader from sleep.
-fn set_spin<FS: fuser::Filesystem>(session: &fuser::Session<FS>, us: u64) {
-    use std::os::fd::{AsFd, AsRawFd};
-    if us == 0 {
-        return;
-    }
-    let fd = session.as_fd().as_raw_fd();
-    // SAFETY: fcntl on a descriptor the session owns and keeps open; only the flags change.
-    let ok = unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
-    };
-    if ok {
-        fuser::set_receive_spin(Duration::from_micros(us));
-    } else {
-        tracing::warn!(
-            "cannot make /dev/fuse non-blocking ({}); the FUSE thread sleeps between requests",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
@@ -360,7 +334,10 @@ fn serve(
             mnt.display()
         )
     })?;
-    set_spin(&session, args.spin_us.unwrap_or(DEFAULT_SPIN_US));
+    cryptbucket::fuse::set_spin(
+        &session,
+        args.spin_us.unwrap_or(cryptbucket::fuse::DEFAULT_SPIN_US),
+    );
     let session = session.spawn().context("cannot start the FUSE session")?;
     let _ = notify.set(session.notifier());
     let pidf = pid_file(&mnt);

@@ -437,7 +437,6 @@ impl Drop for Mount {
     }
 }
 
-/// Is `path` a mount point right now (per /proc/self/mountinfo)?
 /// The pid of the daemon serving `mnt` (from `cryptbucket status --json`).
 pub fn daemon_pid(mnt: &Path) -> i32 {
     let o = run(cb().arg("status").arg(mnt).arg("--json"), CMD_TIMEOUT);
@@ -446,6 +445,7 @@ pub fn daemon_pid(mnt: &Path) -> i32 {
     v["pid"].as_i64().expect("pid") as i32
 }
 
+/// Is `path` a mount point right now (per /proc/self/mountinfo)?
 pub fn is_mounted(path: &Path) -> bool {
     let want = fs::canonicalize(path.parent().unwrap_or(Path::new("/")))
         .unwrap_or_else(|_| path.parent().unwrap_or(Path::new("/")).to_path_buf())
