@@ -322,7 +322,9 @@ pub fn check(
     report.files = kinds.values().filter(|k| **k == FileKind::File).count() as u64;
     let mut damaged: BTreeMap<Ino, ()> = BTreeMap::new();
     let mut referenced: HashSet<[u8; 16]> = HashSet::new();
+    // One entry per object (a pack is verified once), and every chunk each object holds.
     let mut to_verify: Vec<(Ino, ChunkRef)> = Vec::new();
+    let mut members: HashMap<[u8; 16], Vec<(Ino, ChunkRef)>> = HashMap::new();
     progress(Event::Phase(
         "checking chunk references",
         snap.chunks.len() as u64,
@@ -334,7 +336,7 @@ pub fn check(
         report.chunks += 1;
         report.chunk_bytes += c.plain_len;
         let key = ChunkId(c.id).object_key();
-        let want = chunk_stored_len(&params, c.plain_len);
+        let want = chunk_stored_len(&params, c.obj_len());
         match stored.get(&c.id) {
             None => {
                 report.add(
@@ -361,7 +363,13 @@ pub fn check(
                 );
                 damaged.insert(*ino, ());
             }
-            Some(_) => to_verify.push((*ino, c.clone())),
+            Some(_) => {
+                let m = members.entry(c.id).or_default();
+                if m.is_empty() {
+                    to_verify.push((*ino, c.clone()));
+                }
+                m.push((*ino, c.clone()));
+            }
         }
     }
 
@@ -369,7 +377,7 @@ pub fn check(
     if opts.full {
         let total: u64 = to_verify
             .iter()
-            .map(|(_, c)| chunk_stored_len(&params, c.plain_len))
+            .map(|(_, c)| chunk_stored_len(&params, c.obj_len()))
             .sum();
         progress(Event::Phase("verifying chunks", total, true));
         for batch in to_verify.chunks(PARALLEL) {
@@ -392,49 +400,57 @@ pub fn check(
                 return Err(st(BackendError::Other("a verification task failed".into())));
             }
             for (i, got) in results {
-                let (ino, c) = &batch[i];
+                let (_, c) = &batch[i];
                 let key = ChunkId(c.id).object_key();
-                match got {
+                let mut object = None;
+                let failure = match got {
                     Ok(bytes) => {
                         progress(Event::Advance(bytes.len() as u64));
                         report.verified_bytes += bytes.len() as u64;
-                        if let Err(e) =
-                            keys.open_chunk(&ChunkId(c.id), c.plain_len, &c.digest, &bytes)
-                        {
-                            report.add(
-                                Severity::Error,
+                        let res = keys.open_chunk(&ChunkId(c.id), c.obj_len(), &c.digest, &bytes);
+                        object = Some(bytes);
+                        match res {
+                            Ok(_) => None,
+                            Err(e) => Some((
                                 Problem::ChunkUnauthentic,
-                                Some(path_of(*ino)),
-                                format!("chunk {} ({key}) fails authentication: {e}", c.idx),
-                            );
-                            damaged.insert(*ino, ());
+                                format!("({key}) fails authentication: {e}"),
+                            )),
                         }
                     }
                     Err(BackendError::NotFound(_)) => {
-                        report.add(
-                            Severity::Error,
-                            Problem::ChunkMissing,
-                            Some(path_of(*ino)),
-                            format!("chunk {} is missing: {key}", c.idx),
-                        );
-                        damaged.insert(*ino, ());
+                        Some((Problem::ChunkMissing, format!("is missing: {key}")))
                     }
                     Err(e) if e.is_transient() => return Err(st(e)),
-                    Err(e) => {
-                        report.add(
-                            Severity::Error,
-                            Problem::ChunkUnreadable,
-                            Some(path_of(*ino)),
-                            format!("chunk {} ({key}) cannot be read: {e}", c.idx),
-                        );
-                        damaged.insert(*ino, ());
+                    Err(e) => Some((
+                        Problem::ChunkUnreadable,
+                        format!("({key}) cannot be read: {e}"),
+                    )),
+                };
+                let Some((problem, what)) = failure else {
+                    continue;
+                };
+                for (ino, m) in members.get(&c.id).into_iter().flatten() {
+                    // A pack's damage hits only the chunks whose blocks it touches.
+                    if let (Some(_), Some(bytes)) = (&m.pack, &object) {
+                        if member_intact(&keys, m, bytes) {
+                            continue;
+                        }
                     }
+                    let idx = m.idx;
+                    report.add(
+                        Severity::Error,
+                        problem.clone(),
+                        Some(path_of(*ino)),
+                        format!("chunk {idx} {what}"),
+                    );
+                    damaged.insert(*ino, ());
                 }
             }
         }
     }
 
     // Files already moved to /lost+found by an earlier repair are known damage.
+
     let lf_ino = snap
         .dentries
         .iter()
@@ -533,4 +549,23 @@ pub fn repair_files(vol: &Volume, report: &FsckReport) -> Result<Vec<String>, Vo
     }
     vfs.sync_all()?;
     Ok(done)
+}
+
+/// Whether the blocks of a packed chunk open, from its whole stored object.
+fn member_intact(keys: &VolumeKeys, c: &ChunkRef, object: &[u8]) -> bool {
+    if c.plain_len == 0 {
+        return false;
+    }
+    let p = keys.params();
+    let bs = u64::from(p.block_size);
+    let first = c.obj_off() / bs;
+    let last = (c.obj_off() + c.plain_len - 1) / bs;
+    let n = (last - first + 1) as u32;
+    let r = crypto::chunk_block_range(p, c.obj_len(), first as u32, n);
+    object
+        .get(r.start as usize..r.end as usize)
+        .is_some_and(|got| {
+            keys.open_chunk_range(&ChunkId(c.id), c.obj_len(), &c.digest, first as u32, n, got)
+                .is_ok()
+        })
 }

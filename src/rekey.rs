@@ -424,7 +424,7 @@ async fn reseal_one(
     let new_id = new.rekeyed_chunk_id(&id);
     let sealed = tokio::task::spawn_blocking(move || -> std::result::Result<_, VolumeError> {
         let plain =
-            zeroize::Zeroizing::new(old.open_chunk(&id, c.plain_len, &c.digest, &object)?);
+            zeroize::Zeroizing::new(old.open_chunk(&id, c.obj_len(), &c.digest, &object)?);
         Ok(new.seal_chunk(&new_id, &plain)?)
     })
     .await
@@ -476,7 +476,7 @@ fn reseal_and_commit(
             todo.push(c.clone());
         }
     }
-    let total_bytes: u64 = todo.iter().map(|c| c.plain_len).sum();
+    let total_bytes: u64 = todo.iter().map(|c| c.obj_len()).sum();
     on(RekeyEvent::Total {
         chunks: todo.len() as u64,
         bytes: total_bytes,
@@ -499,8 +499,8 @@ fn reseal_and_commit(
         let nc = res?;
         progress.done.insert(hex::encode(c.id), nc);
         report.chunks += 1;
-        report.bytes += c.plain_len;
-        on(RekeyEvent::Chunk(c.plain_len));
+        report.bytes += c.obj_len();
+        on(RekeyEvent::Chunk(c.obj_len()));
         if kill.is_some_and(|k| report.chunks >= k) {
             // SAFETY: kill(2) on our own pid; the test hook for an abrupt death.
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
@@ -510,6 +510,7 @@ fn reseal_and_commit(
             last_checkpoint = Instant::now();
         }
     }
+    // A pack keeps its members' places: the same plaintext is sealed under the new id.
     // Every old id with its new place is recorded before the head moves, so the cleanup
     // knows what to delete even after a crash.
     write_progress(rt, store, new_keys, progress)?;

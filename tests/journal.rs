@@ -474,6 +474,7 @@ fn generate(fx: &Fx, n: u64) {
                 plain_len: 10_000,
                 stored_len: 12_288,
                 digest: [7; 16],
+                pack: None,
             },
         ));
     }

@@ -402,6 +402,8 @@ fn a_directory_scan_prefetches_the_next_files_once() {
             .create(&CTX, d.ino, format!("f{i:02}").as_bytes(), 0o644)
             .unwrap();
         v.vfs.write(fh, 0, &data).unwrap();
+        // Uploaded before the next file is written: an object per file, not a pack.
+        v.vfs.fsync(fh).unwrap();
         v.vfs.release(fh).unwrap();
         files.push((a.ino, data));
     }

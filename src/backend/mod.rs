@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 /// Errors a store can report. `Transient` errors are retried by the retry wrapper;
 /// everything else is final.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
     #[error("object not found: {0}")]
     NotFound(String),

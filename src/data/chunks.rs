@@ -9,10 +9,11 @@ use tokio::task::JoinSet;
 use super::ahead::Ahead;
 use super::cache::BlockCache;
 use super::diskcache::DiskCache;
+use super::pack::{groups, Job, PackQueue};
 use super::{DataError, Result};
 use crate::backend::{BackendError, ObjectStore, PutMode};
 use crate::crypto::{chunk_block_range, ChunkId, CryptoError, VolumeKeys};
-use crate::meta::ChunkRef;
+use crate::meta::{ChunkRef, PackSlot};
 
 /// Uploads running at once (the write-back worker pool).
 pub const UPLOAD_WORKERS: usize = 8;
@@ -25,8 +26,10 @@ const UPLOAD_NICE: i32 = 10;
 /// Produces a chunk's plaintext on an upload worker (from memory, or replayed from staging).
 /// Shared, so a chunk still held in memory is sealed from there without a copy.
 pub type Produce = Box<dyn FnOnce() -> Result<std::sync::Arc<Vec<u8>>> + Send>;
-/// Receives the outcome of an upload, on a blocking thread.
-pub type Done = Box<dyn FnOnce(Result<ChunkRef>) + Send>;
+/// Receives the outcome of an upload, on a blocking thread; returns whether the object is
+/// still wanted (false: nothing references it, so it is deleted once no other chunk
+/// packed with it is wanted either).
+pub type Done = Box<dyn FnOnce(Result<ChunkRef>) -> bool + Send>;
 
 /// How well the local caches serve reads, for `cryptbucket status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,14 +58,25 @@ pub struct ChunkStore {
     ahead: Arc<Ahead>,
     hits: std::sync::atomic::AtomicU64,
     misses: std::sync::atomic::AtomicU64,
+    packs: Arc<PackQueue>,
 }
+
+/// Chunks up to this fraction of the chunk size are packed with others (see `pack`): above
+/// it an object of its own costs little per byte.
+const PACK_MEMBER_DIVISOR: u64 = 4;
 
 /// Read-ahead downloads running at once.
 const PREFETCHERS: usize = 16;
 
 /// Counts an upload as pending until dropped (also when its job panics, so `wait_idle`
-/// cannot hang on it).
-struct Pending(Arc<std::sync::atomic::AtomicU64>);
+/// cannot hang on it). The count was raised when the upload was submitted.
+pub(super) struct Pending(Arc<std::sync::atomic::AtomicU64>);
+
+impl Pending {
+    pub(super) fn new(count: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Pending(count)
+    }
+}
 
 impl Drop for Pending {
     fn drop(&mut self) {
@@ -89,6 +103,7 @@ impl ChunkStore {
             ahead: Arc::new(Ahead::default()),
             hits: Default::default(),
             misses: Default::default(),
+            packs: Default::default(),
         }
     }
 
@@ -168,45 +183,53 @@ impl ChunkStore {
             plain_len: sealed.plain_len,
             stored_len: sealed.bytes.len() as u64,
             digest: sealed.digest,
+            pack: None,
         };
         Ok((r, id.object_key(), Bytes::from(sealed.bytes)))
     }
 
-    /// Upload chunk `idx` in the background on the bounded worker pool: `produce` yields
-    /// its plaintext on a worker, `done` gets the reference once the object is stored.
-    pub fn upload_async(&self, idx: u64, produce: Produce, done: Done) {
-        let store = self.store.clone();
-        let keys = self.keys.clone();
-        let pending = self.pending.clone();
-        pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let rt = self.rt.clone();
+    /// Upload chunk `idx` (about `len` bytes) in the background on the bounded worker
+    /// pool: `produce` yields its plaintext on a worker, `done` gets the reference once the
+    /// object is stored. A small chunk may be packed with others queued at the same time.
+    pub fn upload_async(&self, idx: u64, len: u64, produce: Produce, done: Done) {
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pending = Pending::new(self.pending.clone());
+        let up = self.uploader();
+        let cs = self.chunk_size();
+        if len <= cs / PACK_MEMBER_DIVISOR {
+            let job = Job {
+                idx,
+                len,
+                produce,
+                done,
+                pending,
+            };
+            if self.packs.push(job, cs, UPLOAD_WORKERS) {
+                let packs = self.packs.clone();
+                self.uploads.run(move || {
+                    while let Some(batch) = packs.take(cs) {
+                        up.upload_batch(batch);
+                    }
+                });
+            }
+            return;
+        }
         // Seal, put and record on one thread (see `crate::pool`).
         self.uploads.run(move || {
-            let _pending = Pending(pending);
-            let res = (|| {
-                let plain = produce()?;
-                let (r, key, body) = Self::seal(&keys, idx, &plain)?;
-                // A fresh random id is never overwritten, so a plain put is safe to retry.
-                rt.block_on(store.put(&key, body, PutMode::Overwrite))?;
-                Ok(r)
-            })();
-            done(res);
+            let _pending = pending;
+            let res = produce().and_then(|plain| up.put_solo(idx, &plain));
+            up.finish(done, res);
         });
     }
 
-    /// Delete one chunk object that nothing references (an upload made stale) in the
-    /// background.
-    pub fn discard(&self, id: [u8; 16]) {
-        let store = self.store.clone();
-        let pending = self.pending.clone();
-        pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.rt.spawn(async move {
-            let key = ChunkId(id).object_key();
-            if let Err(e) = store.delete(&key).await {
-                tracing::warn!("could not delete unused chunk {key}: {e}");
-            }
-            pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        });
+    fn uploader(&self) -> Uploader {
+        Uploader {
+            store: self.store.clone(),
+            keys: self.keys.clone(),
+            rt: self.rt.clone(),
+            pending: self.pending.clone(),
+        }
     }
 
     /// Wait until every background upload and delete has finished.
@@ -227,10 +250,9 @@ impl ChunkStore {
     /// `read`, but only from memory (the block cache, a finished read-ahead download): None
     /// when that would need the disk cache or the store, or a download still in flight.
     pub fn read_in_memory(&self, c: &ChunkRef, off: u64, len: u64) -> Option<Result<Vec<u8>>> {
-        let end = (off + len).min(c.plain_len);
-        if off >= end {
+        let Some((off, end)) = obj_span(c, off, len) else {
             return Some(Ok(Vec::new()));
-        }
+        };
         let (first, last) = self.block_span(off, end);
         let blocks: Option<Vec<Arc<Vec<u8>>>> =
             (first..=last).map(|b| self.cache.get(&c.id, b)).collect();
@@ -263,11 +285,11 @@ impl ChunkStore {
         end: u64,
     ) -> Option<Vec<u8>> {
         let n = last - first + 1;
-        let range = chunk_block_range(self.keys.params(), c.plain_len, first, n);
+        let range = chunk_block_range(self.keys.params(), c.obj_len(), first, n);
         let got = sealed.get(range.start as usize..range.end as usize)?;
         let mut plain = self
             .keys
-            .open_chunk_range(&ChunkId(c.id), c.plain_len, &c.digest, first, n, got)
+            .open_chunk_range(&ChunkId(c.id), c.obj_len(), &c.digest, first, n, got)
             .ok()?;
         let lo = (off - first as u64 * self.block_size()) as usize;
         if lo > 0 {
@@ -281,10 +303,9 @@ impl ChunkStore {
     /// Read `len` bytes at `off` inside a chunk; bytes past its plaintext length are not
     /// returned (the caller fills holes with zeros).
     pub fn read(&self, c: &ChunkRef, off: u64, len: u64) -> Result<Vec<u8>> {
-        let end = (off + len).min(c.plain_len);
-        if off >= end {
+        let Some((off, end)) = obj_span(c, off, len) else {
             return Ok(Vec::new());
-        }
+        };
         let (first, last) = self.block_span(off, end);
         let mut blocks: Vec<Option<Arc<Vec<u8>>>> =
             (first..=last).map(|b| self.cache.get(&c.id, b)).collect();
@@ -322,7 +343,7 @@ impl ChunkStore {
     }
 
     fn fetch_blocks(&self, c: &ChunkRef, first: u32, n: u32) -> Result<Vec<Vec<u8>>> {
-        let range = chunk_block_range(self.keys.params(), c.plain_len, first, n);
+        let range = chunk_block_range(self.keys.params(), c.obj_len(), first, n);
         if let Some(sealed) = self.ahead.get(&c.id) {
             let got = sealed.get(range.start as usize..range.end as usize);
             if let Some(Ok(p)) = got.map(|g| self.open_blocks(c, first, n, g)) {
@@ -395,7 +416,7 @@ impl ChunkStore {
         let id = ChunkId(c.id);
         let plain = self
             .keys
-            .open_chunk_range(&id, c.plain_len, &c.digest, first, n, got)
+            .open_chunk_range(&id, c.obj_len(), &c.digest, first, n, got)
             .map_err(|e| DataError::Corrupt {
                 key: id.object_key(),
                 reason: match e {
@@ -471,6 +492,111 @@ impl ChunkStore {
             }
         })
     }
+}
+
+/// What an upload worker needs of the store (cloned into each job).
+struct Uploader {
+    store: Arc<dyn ObjectStore>,
+    keys: Arc<VolumeKeys>,
+    rt: Handle,
+    pending: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Uploader {
+    /// Seal and store one chunk as an object of its own.
+    fn put_solo(&self, idx: u64, plain: &[u8]) -> Result<ChunkRef> {
+        let (r, key, body) = ChunkStore::seal(&self.keys, idx, plain)?;
+        // A fresh random id is never overwritten, so a plain put is safe to retry.
+        self.rt
+            .block_on(self.store.put(&key, body, PutMode::Overwrite))?;
+        Ok(r)
+    }
+
+    /// Hand the outcome to `done`; delete the object if nothing wants it.
+    fn finish(&self, done: Done, res: Result<ChunkRef>) {
+        let id = res.as_ref().ok().map(|r| r.id);
+        if !done(res) {
+            if let Some(id) = id {
+                self.discard(id);
+            }
+        }
+    }
+
+    /// Produce, seal and store a batch of small chunks: one object per group that fits a
+    /// chunk, its members told where they sit in it.
+    fn upload_batch(&self, batch: Vec<Job>) {
+        let full = u64::from(self.keys.params().chunk_size);
+        let mut parts = Vec::with_capacity(batch.len());
+        for j in batch {
+            match (j.produce)() {
+                Ok(d) => parts.push(((j.idx, j.done, j.pending), d)),
+                Err(e) => {
+                    let _ = (j.done)(Err(e));
+                }
+            }
+        }
+        for group in groups(parts, full) {
+            if let [((idx, _, _), d)] = &group[..] {
+                let res = self.put_solo(*idx, d);
+                if let Some(((_, done, _pending), _)) = group.into_iter().next() {
+                    self.finish(done, res);
+                }
+                continue;
+            }
+            let total: usize = group.iter().map(|(_, d)| d.len()).sum();
+            let mut plain = Vec::with_capacity(total);
+            for (_, d) in &group {
+                plain.extend_from_slice(d);
+            }
+            let res = self.put_solo(0, &plain);
+            drop(plain);
+            let mut wanted = false;
+            let mut off = 0u64;
+            let id = res.as_ref().ok().map(|r| r.id);
+            for ((idx, done, _pending), d) in group {
+                let len = d.len() as u64;
+                let member = match &res {
+                    Ok(r) => Ok(ChunkRef {
+                        idx,
+                        plain_len: len,
+                        pack: Some(PackSlot {
+                            off,
+                            len: r.plain_len,
+                        }),
+                        ..r.clone()
+                    }),
+                    Err(e) => Err(e.shared()),
+                };
+                off += len;
+                wanted |= done(member);
+            }
+            if let (false, Some(id)) = (wanted, id) {
+                self.discard(id);
+            }
+        }
+    }
+
+    /// Delete one chunk object that nothing references (an upload made stale) in the
+    /// background.
+    fn discard(&self, id: [u8; 16]) {
+        let store = self.store.clone();
+        let pending = self.pending.clone();
+        pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.rt.spawn(async move {
+            let key = ChunkId(id).object_key();
+            if let Err(e) = store.delete(&key).await {
+                tracing::warn!("could not delete unused chunk {key}: {e}");
+            }
+            pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+}
+
+/// Bytes `off..off + len` of chunk `c`, cut at its length, as a range of its object's
+/// plaintext (None when empty): the object may be a pack holding other chunks too.
+fn obj_span(c: &ChunkRef, off: u64, len: u64) -> Option<(u64, u64)> {
+    let end = off.saturating_add(len).min(c.plain_len);
+    (off < end).then(|| (c.obj_off() + off, c.obj_off() + end))
 }
 
 /// The bytes `off..end` of a chunk from its consecutive plaintext blocks starting at `first`.

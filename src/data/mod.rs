@@ -5,6 +5,7 @@ pub mod ahead;
 pub mod cache;
 pub mod chunks;
 pub mod diskcache;
+mod pack;
 pub mod staging;
 
 pub use chunks::{CacheStats, ChunkStore, UPLOAD_WORKERS};
@@ -26,6 +27,21 @@ pub enum DataError {
     Local(String),
     #[error("crypto: {0}")]
     Crypto(#[from] crate::crypto::CryptoError),
+}
+
+impl DataError {
+    /// The same error for each of several requests it failed (the chunks of one pack).
+    pub fn shared(&self) -> DataError {
+        match self {
+            DataError::Corrupt { key, reason } => DataError::Corrupt {
+                key: key.clone(),
+                reason: reason.clone(),
+            },
+            DataError::Backend(e) => DataError::Backend(e.clone()),
+            DataError::Local(m) => DataError::Local(m.clone()),
+            DataError::Crypto(e) => DataError::Local(format!("crypto: {e}")),
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, DataError>;

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::snapshot::{SnapDentry, SnapInode, SnapXattr};
 use super::{hex_bytes, ChunkRef, Ino, MetaError, Result};
 
-pub const SEGMENT_VERSION: u32 = 1;
+/// Without packed chunks; see `super::record_version`.
+pub const SEGMENT_VERSION: u32 = super::RECORD_VERSION_PLAIN;
 /// Refuse to inflate a segment beyond this (bucket contents are attacker input).
 pub const MAX_SEGMENT_BYTES: u64 = 4 << 30;
 
@@ -90,12 +91,11 @@ impl Segment {
 
     /// Row-level checks (the tree-level ones need the whole state: see `SqliteMeta::check_tree`).
     pub fn validate(&self) -> Result<()> {
-        if self.version != SEGMENT_VERSION {
-            return Err(MetaError::Corrupt(format!(
-                "unsupported journal segment version {}",
-                self.version
-            )));
-        }
+        super::check_record(
+            "journal segment",
+            self.version,
+            self.chunks.iter().map(|(_, c)| c),
+        )?;
         for d in &self.dentries {
             if d.name.is_empty() || d.name.len() > 255 || d.name.contains(&b'/') {
                 return Err(MetaError::Corrupt(

@@ -123,6 +123,86 @@ pub struct ChunkRef {
     pub stored_len: u64,
     #[serde(with = "hex_array16")]
     pub digest: [u8; 16],
+    /// Set when the object is a pack: several small chunks (of any files) sealed as one
+    /// object, so a tree of small files costs a few PUTs and GETs instead of one per file.
+    /// `stored_len` and `digest` are then the whole object's; `plain_len` is this chunk's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack: Option<PackSlot>,
+}
+
+/// Version of a snapshot or journal segment without packed chunks.
+pub const RECORD_VERSION_PLAIN: u32 = 1;
+/// Version of one that holds a packed chunk: a reader that predates packs would ignore
+/// `pack` and serve another chunk's bytes, so it must refuse the record instead.
+pub const RECORD_VERSION_PACKS: u32 = 2;
+
+/// The version a snapshot or segment holding these chunks is written with (the lowest that
+/// can express them, so volumes that never packed stay readable by older releases).
+pub fn record_version<'a>(mut chunks: impl Iterator<Item = &'a ChunkRef>) -> u32 {
+    if chunks.any(|c| c.pack.is_some()) {
+        RECORD_VERSION_PACKS
+    } else {
+        RECORD_VERSION_PLAIN
+    }
+}
+
+/// Check a decoded record's version against what it holds, and each chunk reference.
+pub fn check_record<'a>(
+    what: &str,
+    version: u32,
+    chunks: impl Iterator<Item = &'a ChunkRef>,
+) -> Result<()> {
+    if version != RECORD_VERSION_PLAIN && version != RECORD_VERSION_PACKS {
+        return Err(MetaError::Corrupt(format!(
+            "unsupported {what} version {version}"
+        )));
+    }
+    for c in chunks {
+        c.check()?;
+        if c.pack.is_some() && version < RECORD_VERSION_PACKS {
+            return Err(MetaError::Corrupt(format!(
+                "{what} version {version} cannot hold packed chunks"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Where a chunk sits inside a pack object's plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PackSlot {
+    /// Offset of the chunk's first byte in the object's plaintext.
+    pub off: u64,
+    /// Plaintext length of the whole object.
+    pub len: u64,
+}
+
+impl ChunkRef {
+    /// Plaintext length of the object holding this chunk (its own length unless packed).
+    pub fn obj_len(&self) -> u64 {
+        self.pack.map_or(self.plain_len, |p| p.len)
+    }
+
+    /// Offset of this chunk's first byte in its object's plaintext.
+    pub fn obj_off(&self) -> u64 {
+        self.pack.map_or(0, |p| p.off)
+    }
+
+    /// Structural check of a reference read from the store or the local database.
+    pub fn check(&self) -> Result<()> {
+        if let Some(p) = self.pack {
+            if p.off
+                .checked_add(self.plain_len)
+                .is_none_or(|end| end > p.len)
+            {
+                return Err(MetaError::Corrupt(format!(
+                    "packed chunk {}+{} lies outside its object of {} bytes",
+                    p.off, self.plain_len, p.len
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One directory entry.
@@ -178,5 +258,49 @@ pub(crate) mod hex_opt_bytes {
         let s: Option<String> = Option::deserialize(d)?;
         s.map(|s| hex::decode(&s).map_err(serde::de::Error::custom))
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_holding_packs_need_version_2_and_packs_must_fit_their_object() {
+        let solo = ChunkRef {
+            idx: 0,
+            id: [1; 16],
+            plain_len: 100,
+            stored_len: 200,
+            digest: [2; 16],
+            pack: None,
+        };
+        let packed = ChunkRef {
+            pack: Some(PackSlot { off: 50, len: 150 }),
+            ..solo.clone()
+        };
+        assert_eq!(record_version([&solo].into_iter()), RECORD_VERSION_PLAIN);
+        assert_eq!(
+            record_version([&solo, &packed].into_iter()),
+            RECORD_VERSION_PACKS
+        );
+        assert!(check_record("snapshot", 1, [&solo].into_iter()).is_ok());
+        assert!(check_record("snapshot", 2, [&solo, &packed].into_iter()).is_ok());
+        // An older reader ignores `pack`: a version 1 record must not carry one.
+        assert!(check_record("snapshot", 1, [&packed].into_iter()).is_err());
+        assert!(check_record("snapshot", 3, [&solo].into_iter()).is_err());
+        let outside = ChunkRef {
+            pack: Some(PackSlot { off: 51, len: 150 }),
+            ..solo.clone()
+        };
+        assert!(check_record("snapshot", 2, [&outside].into_iter()).is_err());
+        let overflow = ChunkRef {
+            pack: Some(PackSlot {
+                off: u64::MAX,
+                len: 150,
+            }),
+            ..solo
+        };
+        assert!(check_record("snapshot", 2, [&overflow].into_iter()).is_err());
     }
 }

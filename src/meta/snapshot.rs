@@ -11,7 +11,8 @@ use super::{
 
 /// Refuse to inflate a snapshot beyond this (bucket contents are attacker input).
 pub const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// Without packed chunks; see `super::record_version`.
+pub const SNAPSHOT_VERSION: u32 = super::RECORD_VERSION_PLAIN;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Snapshot {
@@ -80,12 +81,7 @@ impl Snapshot {
 
     /// Structural checks so a decoded snapshot cannot leave the tree dangling.
     pub fn validate(&self) -> Result<()> {
-        if self.version != SNAPSHOT_VERSION {
-            return Err(MetaError::Corrupt(format!(
-                "unsupported snapshot version {}",
-                self.version
-            )));
-        }
+        super::check_record("snapshot", self.version, self.chunks.iter().map(|(_, c)| c))?;
         let kinds: std::collections::HashMap<Ino, FileKind> = self
             .inodes
             .iter()

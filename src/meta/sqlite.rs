@@ -24,7 +24,8 @@ CREATE INDEX IF NOT EXISTS dentries_ino ON dentries(ino);
 CREATE INDEX IF NOT EXISTS dentries_parent_cookie ON dentries(parent, cookie);
 CREATE TABLE IF NOT EXISTS chunks(
   ino INTEGER NOT NULL, idx INTEGER NOT NULL, id BLOB NOT NULL, plain_len INTEGER NOT NULL,
-  stored_len INTEGER NOT NULL, digest BLOB NOT NULL, PRIMARY KEY(ino, idx));
+  stored_len INTEGER NOT NULL, digest BLOB NOT NULL, pack_off INTEGER, pack_len INTEGER,
+  PRIMARY KEY(ino, idx));
 CREATE TABLE IF NOT EXISTS xattrs(
   ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY(ino, name));
 CREATE TABLE IF NOT EXISTS dead_chunks(id BLOB PRIMARY KEY);
@@ -189,9 +190,11 @@ fn parent_of_dir_tx(tx: &Connection, ino: Ino) -> Result<Option<Ino>> {
         .map(|v| v as u64))
 }
 
-/// A `chunks` row (idx, id, plain_len, stored_len, digest) as a ChunkRef.
-/// A chunk reference's columns (idx, id, plain_len, stored_len, digest), from column `at` on.
-type ChunkCols = (i64, Vec<u8>, i64, i64, Vec<u8>);
+/// The columns of a chunk reference, in the order `chunk_cols` reads them.
+pub(super) const CHUNK_COLS: &str = "idx, id, plain_len, stored_len, digest, pack_off, pack_len";
+
+/// A chunk reference's columns (see `CHUNK_COLS`), from column `at` on.
+type ChunkCols = (i64, Vec<u8>, i64, i64, Vec<u8>, Option<i64>, Option<i64>);
 
 fn chunk_cols(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<ChunkCols> {
     Ok((
@@ -200,20 +203,22 @@ fn chunk_cols(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<ChunkCols> {
         r.get(at + 2)?,
         r.get(at + 3)?,
         r.get(at + 4)?,
+        r.get(at + 5)?,
+        r.get(at + 6)?,
     ))
 }
 
-fn chunk_ref_of((idx, id, plain_len, stored_len, digest): ChunkCols) -> Result<ChunkRef> {
-    chunk_ref(idx, id, plain_len, stored_len, digest)
-}
-
-fn chunk_ref(
-    idx: i64,
-    id: Vec<u8>,
-    plain_len: i64,
-    stored_len: i64,
-    digest: Vec<u8>,
+pub(super) fn chunk_ref_of(
+    (idx, id, plain_len, stored_len, digest, off, len): ChunkCols,
 ) -> Result<ChunkRef> {
+    let pack = match (off, len) {
+        (Some(off), Some(len)) => Some(super::PackSlot {
+            off: off as u64,
+            len: len as u64,
+        }),
+        (None, None) => None,
+        _ => return Err(MetaError::Corrupt("chunk row half packed".into())),
+    };
     Ok(ChunkRef {
         idx: idx as u64,
         id: id
@@ -224,8 +229,79 @@ fn chunk_ref(
         digest: digest
             .try_into()
             .map_err(|_| MetaError::Corrupt("chunk digest length".into()))?,
+        pack,
     })
 }
+
+/// The pack columns of a chunk row (NULL for a chunk with an object of its own).
+pub(super) fn pack_cols(c: &ChunkRef) -> (Option<i64>, Option<i64>) {
+    match c.pack {
+        Some(p) => (Some(p.off as i64), Some(p.len as i64)),
+        None => (None, None),
+    }
+}
+
+/// Insert-or-replace one chunk row of `ino`.
+pub(super) const INS_CHUNK: &str =
+    "INSERT OR REPLACE INTO chunks(ino, idx, id, plain_len, stored_len, digest, pack_off, pack_len)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+pub(super) fn insert_chunk(
+    st: &mut rusqlite::CachedStatement<'_>,
+    ino: Ino,
+    c: &ChunkRef,
+) -> Result<()> {
+    let (off, len) = pack_cols(c);
+    st.execute(params![
+        ino as i64,
+        c.idx as i64,
+        &c.id[..],
+        c.plain_len as i64,
+        c.stored_len as i64,
+        &c.digest[..],
+        off,
+        len
+    ])?;
+    Ok(())
+}
+
+/// A packed object stays alive while any row references it: ids of `dead_chunks` that a
+/// packed row still names are not dead yet (the partial index `chunks_packed` answers it).
+const DEAD_IDS: &str = "SELECT id FROM dead_chunks d
+     WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = d.id AND c.pack_len IS NOT NULL)";
+
+fn dead_ids(c: &Connection) -> Result<Vec<[u8; 16]>> {
+    let mut st = c.prepare_cached(DEAD_IDS)?;
+    let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut out = Vec::new();
+    for r in rows {
+        if let Ok(id) = <[u8; 16]>::try_from(r?) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Columns and index added with packs, for a database made by an older version.
+fn migrate(conn: &Connection) -> Result<()> {
+    let has: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('chunks') WHERE name='pack_off'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has == 0 {
+        conn.execute_batch(
+            "ALTER TABLE chunks ADD COLUMN pack_off INTEGER; ALTER TABLE chunks ADD COLUMN pack_len INTEGER;",
+        )?;
+    }
+    conn.execute_batch(CHUNKS_PACKED_INDEX)?;
+    Ok(())
+}
+
+/// Which rows share a packed object; partial, so a chunk with an object of its own costs
+/// no index entry.
+pub(super) const CHUNKS_PACKED_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS chunks_packed ON chunks(id) WHERE pack_len IS NOT NULL;";
 
 impl SqliteMeta {
     pub fn open(path: &Path) -> Result<Self> {
@@ -252,6 +328,7 @@ impl SqliteMeta {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.set_prepared_statement_cache_capacity(128);
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         conn.execute_batch(journal::DROP_TRIGGERS)?;
         conn.execute_batch(journal::TRIGGERS)?;
         // As if an export happened now (always safe: it only makes changes log anew), for a
@@ -695,9 +772,9 @@ impl SqliteMeta {
 
     pub fn chunks(&self, ino: Ino) -> Result<Vec<ChunkRef>> {
         self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT idx, id, plain_len, stored_len, digest FROM chunks WHERE ino=?1 ORDER BY idx",
-            )?;
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {CHUNK_COLS} FROM chunks WHERE ino=?1 ORDER BY idx"
+            ))?;
             let rows = st.query_map([ino as i64], |r| chunk_cols(r, 0))?;
             let mut out = Vec::new();
             for row in rows {
@@ -729,7 +806,7 @@ impl SqliteMeta {
     ) -> Result<Vec<(u64, ChunkRef)>> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT d.cookie, c.idx, c.id, c.plain_len, c.stored_len, c.digest
+                "SELECT d.cookie, c.idx, c.id, c.plain_len, c.stored_len, c.digest, c.pack_off, c.pack_len
                  FROM dentries d JOIN chunks c ON c.ino=d.ino AND c.idx=0
                  WHERE d.parent=?1 AND d.cookie>?2 ORDER BY d.cookie LIMIT ?3",
             )?;
@@ -775,18 +852,7 @@ impl SqliteMeta {
                     "INSERT OR IGNORE INTO dead_chunks(id) SELECT id FROM chunks WHERE ino=?1 AND idx=?2",
                     params![inode.ino as i64, c.idx as i64],
                 )?;
-                tx.exec(
-                    "INSERT OR REPLACE INTO chunks(ino, idx, id, plain_len, stored_len, digest)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        inode.ino as i64,
-                        c.idx as i64,
-                        c.id.to_vec(),
-                        c.plain_len as i64,
-                        c.stored_len as i64,
-                        c.digest.to_vec()
-                    ],
-                )?;
+                insert_chunk(&mut tx.prepare_cached(INS_CHUNK)?, inode.ino, c)?;
             }
             // Only the columns a file's data owns: the inode was read before a background
             // upload finished, and a chmod, chown or link since must not be undone.
@@ -859,14 +925,21 @@ impl SqliteMeta {
         })
     }
 
+    /// Chunk objects the local rows no longer reference (deleted after the next commit).
     pub fn dead_chunks(&self) -> Result<Vec<[u8; 16]>> {
+        self.read(dead_ids)
+    }
+
+    /// Of these object ids, the ones a packed row still references (kept alive).
+    pub fn packs_in_use(&self, ids: &[[u8; 16]]) -> Result<Vec<[u8; 16]>> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT id FROM dead_chunks")?;
-            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            let mut st = c.prepare_cached(
+                "SELECT 1 FROM chunks WHERE id=?1 AND pack_len IS NOT NULL LIMIT 1",
+            )?;
             let mut out = Vec::new();
-            for r in rows {
-                if let Ok(id) = <[u8; 16]>::try_from(r?) {
-                    out.push(id);
+            for id in ids {
+                if st.exists([&id[..]])? {
+                    out.push(*id);
                 }
             }
             Ok(out)
@@ -1036,9 +1109,9 @@ impl SqliteMeta {
         // replaced concurrently must not be both referenced by this snapshot and in
         // its dead list (it would be deleted while the stored head still needs it).
         {
-            let mut st = tx.prepare(
-                "SELECT ino, idx, id, plain_len, stored_len, digest FROM chunks ORDER BY ino, idx",
-            )?;
+            let mut st = tx.prepare(&format!(
+                "SELECT ino, {CHUNK_COLS} FROM chunks ORDER BY ino, idx"
+            ))?;
             let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, chunk_cols(r, 1)?)))?;
             for row in rows {
                 let (ino, cols) = row?;
@@ -1055,16 +1128,8 @@ impl SqliteMeta {
             next.try_into()
                 .map_err(|_| MetaError::Corrupt("next_ino".into()))?,
         );
-        let mut dead = Vec::new();
-        {
-            let mut st = tx.prepare("SELECT id FROM dead_chunks")?;
-            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-            for r in rows {
-                if let Ok(id) = <[u8; 16]>::try_from(r?) {
-                    dead.push(id);
-                }
-            }
-        }
+        let dead = dead_ids(&tx)?;
+        snap.version = super::record_version(snap.chunks.iter().map(|(_, c)| c));
         drop(tx);
         drop(conn);
         Ok((snap, dead, mark))

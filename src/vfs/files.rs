@@ -302,6 +302,7 @@ impl WriteBack {
         let token = f.token;
         self.data.upload_async(
             idx,
+            f.plain_len,
             produce,
             Box::new(move |res| wb.complete(&of, ino, idx, token, res)),
         );
@@ -323,6 +324,8 @@ impl WriteBack {
         Ok(r.apply(b))
     }
 
+    /// An upload finished: record it. Returns whether the object is wanted (false: the
+    /// file was deleted or the chunk superseded meanwhile, so nothing references it).
     fn complete(
         self: &Arc<Self>,
         of: &Arc<OpenFile>,
@@ -330,15 +333,11 @@ impl WriteBack {
         idx: u64,
         token: u64,
         res: crate::data::Result<ChunkRef>,
-    ) {
+    ) -> bool {
         let mut st = of.st.lock();
         if st.flying.get(&idx).is_none_or(|f| f.token != token) {
-            // The file was deleted or the upload superseded: nothing references it.
-            if let Ok(r) = res {
-                self.data.discard(r.id);
-            }
             of.cv.notify_all();
-            return;
+            return false;
         }
         let r = match res {
             Ok(r) => r,
@@ -349,36 +348,40 @@ impl WriteBack {
                 }
                 st.error = Some(e.to_string());
                 of.cv.notify_all();
-                return;
+                return false;
             }
         };
         let Some(f) = st.flying.remove(&idx) else {
-            return;
+            return false;
         };
         if f.data.is_some() {
             self.fly_mem.fetch_sub(f.plain_len, Ordering::Relaxed);
         }
         st.refs.insert(idx, r.clone());
-        match self.apply_meta(ino, &mut st, std::slice::from_ref(&r), KEEP_ALL) {
+        let wanted = match self.apply_meta(ino, &mut st, std::slice::from_ref(&r), KEEP_ALL) {
             Ok(Some(recorded)) => {
                 if recorded < st.size {
                     self.carry_size(ino, &mut st);
                 }
                 self.drop_staging(&f.name);
+                true
             }
             Ok(None) => {
-                self.data.discard(r.id);
                 self.drop_staging(&f.name);
+                false
             }
             Err(e) => {
-                // The staging file stays: the next mount replays and uploads it again.
+                // The staging file stays: the next mount replays and uploads it again
+                // (the object is left for gc).
                 tracing::error!("cannot record an uploaded chunk: {e}");
                 st.error = Some(e.to_string());
+                true
             }
-        }
+        };
         of.cv.notify_all();
         drop(st);
         self.forget_if_idle(ino, of);
+        wanted
     }
 
     /// The metadata could not take the file's whole size yet (a chunk below is still on its
@@ -704,14 +707,17 @@ impl Vfs {
             return;
         };
         let mut bytes = 0;
-        let mut refs = Vec::new();
+        let mut refs: Vec<ChunkRef> = Vec::new();
         for (c, r) in next {
             if c <= s.ahead_until {
                 continue;
             }
-            bytes += r.stored_len;
-            if bytes > SCAN_BYTES {
-                break;
+            // Files packed together share one download.
+            if !refs.iter().any(|p| p.id == r.id) {
+                bytes += r.stored_len;
+                if bytes > SCAN_BYTES {
+                    break;
+                }
             }
             s.ahead_until = c;
             refs.push(r);

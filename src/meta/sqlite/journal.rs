@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::super::journal::{RemovedXattr, Segment, SEGMENT_VERSION};
 use super::super::snapshot::{SnapDentry, SnapInode, SnapXattr, Snapshot};
-use super::{chunk_ref, row_inode, Cached, FileKind, MetaError, Result, SqliteMeta, INODE_COLS};
+use super::{row_inode, Cached, FileKind, MetaError, Result, SqliteMeta, INODE_COLS};
 
 // Table codes in `changes`: 1 inodes (a = ino), 2 dentries (a = cookie), 3 chunks (a = ino,
 // b = idx), 4 xattrs (a = ino, b = name). A key is logged once, under its newest id. A
@@ -109,6 +109,7 @@ DROP TRIGGER IF EXISTS cb_xattrs_ins; DROP TRIGGER IF EXISTS cb_xattrs_del; DROP
 
 const DROP_FOR_BULK: &str = "
 DROP INDEX IF EXISTS dentries_ino; DROP INDEX IF EXISTS dentries_parent_cookie;
+DROP INDEX IF EXISTS chunks_packed;
 DELETE FROM inodes; DELETE FROM dentries; DELETE FROM chunks; DELETE FROM xattrs;
 DELETE FROM dead_chunks; DELETE FROM changes;
 ";
@@ -116,6 +117,7 @@ DELETE FROM dead_chunks; DELETE FROM changes;
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS dentries_ino ON dentries(ino);
 CREATE INDEX IF NOT EXISTS dentries_parent_cookie ON dentries(parent, cookie);
+CREATE INDEX IF NOT EXISTS chunks_packed ON chunks(id) WHERE pack_len IS NOT NULL;
 ";
 
 /// Mark the change log for an export: entries up to the returned id go into it, and a key
@@ -162,7 +164,6 @@ const INS_INODE: &str = "INSERT OR REPLACE INTO inodes(ino, kind, perm, uid, gid
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 const INS_DENTRY: &str =
     "INSERT OR REPLACE INTO dentries(cookie, parent, name, ino) VALUES (?1, ?2, ?3, ?4)";
-const INS_CHUNK: &str = "INSERT OR REPLACE INTO chunks(ino, idx, id, plain_len, stored_len, digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const INS_XATTR: &str = "INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES (?1, ?2, ?3)";
 
 fn insert_rows(
@@ -207,19 +208,12 @@ fn insert_rows_reporting(
         ])?;
     }
     let base = inodes.len() + dentries.len();
-    let mut st = tx.prepare_cached(INS_CHUNK)?;
+    let mut st = tx.prepare_cached(super::INS_CHUNK)?;
     for (i, (ino, c)) in chunks.iter().enumerate() {
         if i % REPORT_EVERY == 0 {
             report((base + i) as u64);
         }
-        st.execute(params![
-            *ino as i64,
-            c.idx as i64,
-            &c.id[..],
-            c.plain_len as i64,
-            c.stored_len as i64,
-            &c.digest[..]
-        ])?;
+        super::insert_chunk(&mut st, *ino, c)?;
     }
     let mut st = tx.prepare_cached(INS_XATTR)?;
     for x in xattrs {
@@ -286,9 +280,10 @@ impl SqliteMeta {
         ))?;
         let mut q_dentry =
             tx.prepare_cached("SELECT parent, name, ino FROM dentries WHERE cookie=?1")?;
-        let mut q_chunk = tx.prepare_cached(
-            "SELECT id, plain_len, stored_len, digest FROM chunks WHERE ino=?1 AND idx=?2",
-        )?;
+        let mut q_chunk = tx.prepare_cached(&format!(
+            "SELECT {} FROM chunks WHERE ino=?1 AND idx=?2",
+            super::CHUNK_COLS
+        ))?;
         let mut q_xattr = tx.prepare_cached("SELECT value FROM xattrs WHERE ino=?1 AND name=?2")?;
         for (tbl, a, b) in keys {
             match (tbl, b) {
@@ -333,19 +328,10 @@ impl SqliteMeta {
                 }
                 (3, Value::Integer(idx)) => {
                     let row = q_chunk
-                        .query_row([a, idx], |r| {
-                            Ok((
-                                r.get::<_, Vec<u8>>(0)?,
-                                r.get::<_, i64>(1)?,
-                                r.get::<_, i64>(2)?,
-                                r.get::<_, Vec<u8>>(3)?,
-                            ))
-                        })
+                        .query_row([a, idx], |r| super::chunk_cols(r, 0))
                         .optional()?;
                     match row {
-                        Some((id, pl, sl, dg)) => {
-                            seg.chunks.push((a as u64, chunk_ref(idx, id, pl, sl, dg)?))
-                        }
+                        Some(cols) => seg.chunks.push((a as u64, super::chunk_ref_of(cols)?)),
                         None => seg.removed_chunks.push((a as u64, idx as u64)),
                     }
                 }
@@ -378,16 +364,8 @@ impl SqliteMeta {
             next.try_into()
                 .map_err(|_| MetaError::Corrupt("next_ino".into()))?,
         );
-        let mut dead = Vec::new();
-        {
-            let mut st = tx.prepare("SELECT id FROM dead_chunks")?;
-            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-            for r in rows {
-                if let Ok(id) = <[u8; 16]>::try_from(r?) {
-                    dead.push(id);
-                }
-            }
-        }
+        let dead = super::dead_ids(&tx)?;
+        seg.version = super::super::record_version(seg.chunks.iter().map(|(_, c)| c));
         drop((q_inode, q_dentry, q_chunk, q_xattr));
         drop(tx);
         Ok((seg, mark, dead))
@@ -598,5 +576,72 @@ mod tests {
         let (seg, _, _) = m.export_changes().unwrap();
         assert_eq!(seg.inodes.len(), 1);
         assert_eq!(seg.inodes[0].inode.perm, 0o600);
+    }
+
+    #[test]
+    fn a_packed_object_is_dead_only_when_its_last_chunk_goes_and_segments_say_so() {
+        use crate::meta::{ChunkRef, PackSlot, RECORD_VERSION_PACKS, RECORD_VERSION_PLAIN};
+        let m = SqliteMeta::open_in_memory().unwrap();
+        m.init_root(0o755, 0, 0, 1).unwrap();
+        let mk = |name: &[u8]| {
+            m.create(ROOT_INO, name, FileKind::File, 0o644, 0, 0, 2, None, 0)
+                .unwrap()
+        };
+        let (a, b, c) = (mk(b"a"), mk(b"b"), mk(b"c"));
+        let (_, mark, _) = m.export_changes().unwrap();
+        m.finish_commit(mark, &[]).unwrap();
+        let packed = |off, len| ChunkRef {
+            idx: 0,
+            id: [9; 16],
+            plain_len: len,
+            stored_len: 3000,
+            digest: [1; 16],
+            pack: Some(PackSlot { off, len: 2500 }),
+        };
+        let solo = ChunkRef {
+            id: [5; 16],
+            pack: None,
+            ..packed(0, 1000)
+        };
+        let record = |i: &crate::meta::Inode, refs: &[ChunkRef], size| {
+            let mut i = m.get_inode(i.ino).unwrap();
+            i.size = size;
+            m.update_file(&i, refs, u64::MAX, None).unwrap();
+        };
+        record(&a, &[packed(0, 1000)], 1000);
+        record(&b, &[packed(1000, 1500)], 1500);
+        record(&c, std::slice::from_ref(&solo), 1000);
+        let (seg, mark, _) = m.export_changes().unwrap();
+        assert_eq!(seg.version, RECORD_VERSION_PACKS, "it holds packed chunks");
+        m.finish_commit(mark, &[]).unwrap();
+
+        // Truncating a file to nothing drops its chunks.
+        m.update_file(&m.get_inode(a.ino).unwrap(), &[], 0, None)
+            .unwrap();
+        m.update_file(&m.get_inode(c.ino).unwrap(), &[], 0, None)
+            .unwrap();
+        assert_eq!(
+            m.dead_chunks().unwrap(),
+            vec![[5; 16]],
+            "b still uses the pack"
+        );
+        assert_eq!(m.packs_in_use(&[[9; 16], [5; 16]]).unwrap(), vec![[9; 16]]);
+        let (seg, mark, dead) = m.export_changes().unwrap();
+        assert_eq!(dead, vec![[5; 16]]);
+        assert_eq!(
+            seg.version, RECORD_VERSION_PLAIN,
+            "only removals: no pack in it"
+        );
+        m.finish_commit(mark, &[]).unwrap();
+        m.forget_dead(&dead).unwrap();
+
+        m.update_file(&m.get_inode(b.ino).unwrap(), &[], 0, None)
+            .unwrap();
+        assert_eq!(
+            m.dead_chunks().unwrap(),
+            vec![[9; 16]],
+            "its last chunk went"
+        );
+        assert!(m.packs_in_use(&[[9; 16]]).unwrap().is_empty());
     }
 }

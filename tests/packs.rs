@@ -1,0 +1,270 @@
+//! Packs: small files whose uploads wait at the same time are sealed into shared objects.
+//! They read back after a remount with one download per object, `fsck --full` checks them
+//! (damage in a pack is reported for the files whose bytes it touches), and an object stays
+//! in the store until the last file in it is gone.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use common::*;
+use cryptbucket::backend::local::LocalStore;
+use cryptbucket::backend::{ObjectMeta, ObjectStore, PutMode, Result};
+use cryptbucket::crypto::{Argon2Params, KeySource, VolumeParams};
+use cryptbucket::meta::{Ino, ROOT_INO};
+use cryptbucket::vfs::{Ctx, Vfs};
+use cryptbucket::volume::{self, Volume};
+
+const PASS: &str = "pack test passphrase";
+const CTX: Ctx = Ctx {
+    uid: 1000,
+    gid: 1000,
+    umask: 0o022,
+};
+const FILES: usize = 40;
+
+fn key() -> KeySource {
+    KeySource::Passphrase(zeroize::Zeroizing::new(PASS.to_string()))
+}
+
+/// Holds chunk uploads while `held` (so they queue up, as behind a slow store) and counts
+/// chunk GETs.
+#[derive(Debug)]
+struct Hold {
+    inner: Arc<dyn ObjectStore>,
+    held: AtomicBool,
+    chunk_gets: AtomicU64,
+}
+
+#[async_trait]
+impl ObjectStore for Hold {
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<ObjectMeta> {
+        while key.starts_with("d/") && self.held.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        self.inner.put(key, data, mode).await
+    }
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes> {
+        if key.starts_with("d/") {
+            self.chunk_gets.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.get(key, range).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        self.inner.head(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    fn supports_conditional(&self) -> bool {
+        self.inner.supports_conditional()
+    }
+    fn describe(&self) -> String {
+        "hold".into()
+    }
+}
+
+fn store_at(dir: &Path) -> Arc<Hold> {
+    Arc::new(Hold {
+        inner: Arc::new(LocalStore::open(dir).unwrap()),
+        held: AtomicBool::new(false),
+        chunk_gets: AtomicU64::new(0),
+    })
+}
+
+fn open(store: &Arc<Hold>, cache: &Path) -> Volume {
+    let opts = volume::OpenOptions {
+        cache_dir: Some(cache.to_path_buf()),
+        // Unreferenced objects leave the store at the next commit.
+        superseded_grace: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    volume::open_with(volume::runtime().unwrap(), store.clone(), &key(), &opts).unwrap()
+}
+
+/// Chunk objects in the store directory.
+fn objects(dir: &Path) -> BTreeSet<std::path::PathBuf> {
+    let mut out = BTreeSet::new();
+    let Ok(rd) = std::fs::read_dir(dir.join("d")) else {
+        return out;
+    };
+    for sub in rd.flatten() {
+        for f in std::fs::read_dir(sub.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            out.insert(f.path());
+        }
+    }
+    out
+}
+
+fn pattern(len: usize, seed: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed as u8))
+        .collect()
+}
+
+fn read_all(vfs: &Vfs, ino: Ino) -> Vec<u8> {
+    let size = vfs.getattr(ino).unwrap().size;
+    let fh = vfs.open(ino).unwrap();
+    let out = vfs.read(fh, 0, size as u32).unwrap();
+    vfs.release(fh).unwrap();
+    out
+}
+
+/// A volume with 64 KiB chunks (chunks up to 16 KiB are packed) and `FILES` files of
+/// 5-13 KB in /d, written while the store held every upload: (store dir, files).
+/// A file written by `setup`: name in /d, inode, contents.
+type File = (String, Ino, Vec<u8>);
+
+fn setup(dir: &Path) -> (Arc<Hold>, Vec<File>) {
+    let params = VolumeParams {
+        chunk_size: 64 * 1024,
+        block_size: 4096,
+        ..VolumeParams::default()
+    };
+    let kdf = Argon2Params {
+        m_kib: 8192,
+        t: 1,
+        p: 1,
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    let store = store_at(dir);
+    let rt = volume::runtime().unwrap();
+    volume::create(&rt, store.clone(), params, &key(), kdf).unwrap();
+    let cache = tempdir();
+    let v = open(&store, cache.path());
+    let d = v.vfs.mkdir(&CTX, ROOT_INO, b"d", 0o755).unwrap();
+    store.held.store(true, Ordering::SeqCst);
+    let mut files = Vec::new();
+    for i in 0..FILES {
+        let data = pattern(5000 + i * 200, i);
+        let name = format!("f{i:02}");
+        let (a, fh) = v.vfs.create(&CTX, d.ino, name.as_bytes(), 0o644).unwrap();
+        v.vfs.write(fh, 0, &data).unwrap();
+        v.vfs.release(fh).unwrap();
+        files.push((name, a.ino, data));
+    }
+    store.held.store(false, Ordering::SeqCst);
+    v.vfs.sync_all().unwrap();
+    v.unmount().unwrap();
+    (store, files)
+}
+
+fn fsck(dir: &Path, extra: &[&str]) -> Outcome {
+    let mut c = cb();
+    c.arg("fsck")
+        .arg(dir)
+        .args(extra)
+        .env("CRYPTBUCKET_PASSPHRASE", PASS);
+    run(&mut c, CMD_TIMEOUT)
+}
+
+#[test]
+fn small_files_share_objects_and_read_back_with_one_download_each() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("store");
+    let (store, files) = setup(&dir);
+    let n = objects(&dir).len();
+    // The first file goes alone (nothing else waits yet); the 39 queued behind the held
+    // upload fill packs of at most 64 KiB: about 360 KB in 6-7 objects.
+    assert!((3..=12).contains(&n), "{n} chunk objects for {FILES} files");
+
+    let fresh = tempdir();
+    let v = open(&store, fresh.path());
+    store.chunk_gets.store(0, Ordering::SeqCst);
+    for (name, ino, data) in &files {
+        assert_eq!(&read_all(&v.vfs, *ino), data, "{name}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let gets = store.chunk_gets.load(Ordering::SeqCst) as usize;
+    assert!(gets <= n, "{gets} chunk downloads for {n} objects");
+    v.unmount().unwrap();
+
+    let clean = fsck(&dir, &["--full"]);
+    clean.assert_ok();
+    assert!(clean.stdout.contains("0 errors"), "{clean}");
+}
+
+#[test]
+fn fsck_reports_damage_in_a_pack_for_the_files_it_touches() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("store");
+    let (_store, files) = setup(&dir);
+    // The biggest object is a full pack; flip a byte early in it (its first block).
+    let pack = objects(&dir)
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&pack, bytes).unwrap();
+
+    let quick = fsck(&dir, &[]);
+    quick.assert_ok();
+    let full = fsck(&dir, &["--full"]);
+    assert_eq!(full.status.code(), Some(3), "{full}");
+    let damaged: Vec<&str> = files
+        .iter()
+        .map(|f| f.0.as_str())
+        .filter(|name| full.stdout.contains(&format!("error: /d/{name}: ")))
+        .collect();
+    // Block 0 (4 KiB) holds the start of the pack's first file, files are >= 5 KB: one.
+    assert_eq!(damaged.len(), 1, "{damaged:?}: {full}");
+    assert!(full.stdout.contains("authentication"), "{full}");
+}
+
+#[test]
+fn a_pack_stays_until_its_last_file_is_gone() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("store");
+    let (store, files) = setup(&dir);
+    let before = objects(&dir).len();
+
+    // Keep the first and the last file, delete the rest.
+    let cache = tempdir();
+    let v = open(&store, cache.path());
+    let d = v.vfs.lookup(ROOT_INO, b"d").unwrap();
+    for (name, _, _) in &files[1..FILES - 1] {
+        v.vfs.unlink(d.ino, name.as_bytes()).unwrap();
+    }
+    v.vfs.sync_all().unwrap();
+    v.unmount().unwrap();
+    let left = objects(&dir).len();
+    assert!(
+        (1..=2).contains(&left) && left < before,
+        "{before} objects before, {left} after deleting all files but two"
+    );
+
+    // What is left still reads, from a fresh cache (so from the store).
+    let fresh = tempdir();
+    let v = open(&store, fresh.path());
+    let d = v.vfs.lookup(ROOT_INO, b"d").unwrap();
+    for (name, _, data) in [&files[0], &files[FILES - 1]] {
+        let ino = v.vfs.lookup(d.ino, name.as_bytes()).unwrap().ino;
+        assert_eq!(&read_all(&v.vfs, ino), data, "{name}");
+    }
+    for (name, _, _) in [&files[0], &files[FILES - 1]] {
+        v.vfs.unlink(d.ino, name.as_bytes()).unwrap();
+    }
+    v.vfs.sync_all().unwrap();
+    v.unmount().unwrap();
+    assert_eq!(
+        objects(&dir).len(),
+        0,
+        "every object went with its last file"
+    );
+    fsck(&dir, &["--full"]).assert_ok();
+}
