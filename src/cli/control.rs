@@ -48,6 +48,17 @@ pub struct Info {
     pub volume_id: String,
     pub cache_dir: PathBuf,
     pub log: Option<PathBuf>,
+    /// Seconds since the epoch when the final flush after unmount stops retrying (0: not
+    /// unmounting); set by the mount loop.
+    pub flush_until: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Every request to the store has failed for a while.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoreFailing {
+    pub for_secs: u64,
+    /// The last error.
+    pub error: String,
 }
 
 /// The answer to `status`.
@@ -84,6 +95,13 @@ pub struct Status {
     pub cache: CacheStatus,
     #[serde(default)]
     pub lease: LeaseReport,
+    /// Set while every request to the store fails.
+    #[serde(default)]
+    pub store_failing: Option<StoreFailing>,
+    /// After unmount: when the final flush stops retrying (seconds since the epoch); the
+    /// data then stays staged in the cache directory and is uploaded at the next mount.
+    #[serde(default)]
+    pub final_flush_until: Option<u64>,
 }
 
 /// The disk cache of sealed chunks and how often reads are answered locally.
@@ -208,6 +226,18 @@ impl Server {
             backend: self.counters.snapshot().into(),
             cache: s.cache.into(),
             lease: self.lease.status().into(),
+            store_failing: self.counters.failing().map(|(d, error)| StoreFailing {
+                for_secs: d.as_secs(),
+                error,
+            }),
+            final_flush_until: match self
+                .info
+                .flush_until
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                0 => None,
+                t => Some(t),
+            },
         }
     }
 

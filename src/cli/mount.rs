@@ -351,7 +351,9 @@ fn serve(
         volume_id: vol.volume_id.clone(),
         cache_dir: vol.cache_dir.clone(),
         log: child.then(|| log_path.clone()),
+        flush_until: Default::default(),
     };
+    let flush_until = info.flush_until.clone();
     let mut notifier =
         super::desktop::Notifier::new(args.desk.notify, mnt.clone(), info.log.clone());
     if let Err(e) =
@@ -448,7 +450,7 @@ fn serve(
     }
     drop(session);
     tracing::info!("unmounted; writing everything to the store");
-    let res = flush_with_retries(&vol.vfs);
+    let res = flush_with_retries(&vol.vfs, &flush_until);
     // The socket outlives the FUSE session so `unmount` can show the final upload's progress.
     let _ = std::fs::remove_file(super::control::socket_path(&mnt));
     match &res {
@@ -471,8 +473,18 @@ fn serve(
     res
 }
 
-fn flush_with_retries(vfs: &cryptbucket::vfs::Vfs) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
+/// How long the final flush after unmount keeps retrying a store that refuses it.
+const FINAL_FLUSH_RETRY: Duration = Duration::from_secs(300);
+
+fn flush_with_retries(
+    vfs: &cryptbucket::vfs::Vfs,
+    until: &std::sync::atomic::AtomicU64,
+) -> Result<()> {
+    let deadline = Instant::now() + FINAL_FLUSH_RETRY;
+    let end = (std::time::SystemTime::now() + FINAL_FLUSH_RETRY)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    until.store(end, std::sync::atomic::Ordering::Relaxed);
     loop {
         match vfs.shutdown() {
             Ok(()) => return Ok(()),

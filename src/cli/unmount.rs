@@ -98,6 +98,8 @@ fn wait_for_daemon(pid: i32, sock: &std::path::Path, before: Option<Status>) {
     let base = before.as_ref().map(|s| s.backend.bytes_uploaded);
     let mut bar: Option<Progress> = None;
     let mut told = false;
+    let (mut said_error, mut said_stall) = (false, false);
+    let (mut last_pos, mut moved) = (0u64, Instant::now());
     let mut total = 0u64;
     while alive(pid) {
         std::thread::sleep(Duration::from_millis(100));
@@ -112,6 +114,35 @@ fn wait_for_daemon(pid: i32, sock: &std::path::Path, before: Option<Status>) {
             continue;
         };
         let (pos, len) = upload_progress(base, &st, total);
+        if pos != last_pos {
+            (last_pos, moved) = (pos, Instant::now());
+        }
+        // Said once per outage: the requests themselves are retried for --io-timeout
+        // before they count as failed, so a stall is noticed first.
+        let stalled =
+            (st.dirty_bytes > 0 && moved.elapsed() >= STALL).then(|| moved.elapsed().as_secs());
+        let say = match (&st.store_failing, stalled) {
+            (Some(f), _) if !said_error => {
+                said_error = true;
+                said_stall = true;
+                Some(trouble_message(Trouble::Failing(f), &st, now_secs()))
+            }
+            (None, Some(secs)) if !said_stall => {
+                said_stall = true;
+                Some(trouble_message(Trouble::Stalled(secs), &st, now_secs()))
+            }
+            (None, None) => {
+                (said_error, said_stall) = (false, false);
+                None
+            }
+            _ => None,
+        };
+        if let Some(msg) = say {
+            match &bar {
+                Some(b) => b.println(&msg),
+                None => eprintln!("{msg}"),
+            }
+        }
         total = len;
         let busy = st.dirty_bytes > 0 || st.backend.uploads_in_flight > 0;
         if bar.is_none() && (busy || len > 0) {
@@ -129,6 +160,52 @@ fn wait_for_daemon(pid: i32, sock: &std::path::Path, before: Option<Status>) {
             indicatif::HumanBytes(total)
         ));
     }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// No upload progress for this long while data waits: say so.
+const STALL: Duration = Duration::from_secs(10);
+
+enum Trouble<'a> {
+    /// Every request has failed (after its retries) for a while.
+    Failing(&'a super::control::StoreFailing),
+    /// Nothing uploaded for this many seconds while data waits.
+    Stalled(u64),
+}
+
+/// What `unmount` says while the daemon's final upload does not get through: why, until
+/// when it retries, and what happens to the data after that.
+fn trouble_message(t: Trouble<'_>, st: &Status, now: u64) -> String {
+    let what = match t {
+        Trouble::Failing(f) => format!(
+            "requests to the store keep failing{}: {}",
+            match f.for_secs {
+                0 => String::new(),
+                n => format!(" (for {n} s)"),
+            },
+            f.error
+        ),
+        Trouble::Stalled(secs) => format!(
+            "nothing could be uploaded for {secs} s: the store is slow or unreachable (the daemon's log says why{})",
+            st.log
+                .as_ref()
+                .map(|l| format!(": {}", l.display()))
+                .unwrap_or_default()
+        ),
+    };
+    let retry = match st.final_flush_until {
+        Some(t) => format!("it keeps retrying for {} s more", t.saturating_sub(now)),
+        None => "it keeps retrying".into(),
+    };
+    format!(
+        "unmount: {what}\n  {retry}; after that the data stays staged in {} and is uploaded at the next mount. Ctrl-C stops waiting here (the daemon keeps trying).",
+        st.cache_dir.display()
+    )
 }
 
 /// Bytes uploaded since unmount began, and the total to upload: what is uploaded plus what
@@ -153,6 +230,30 @@ mod tests {
                         "bytes_downloaded": 0, "uploads_in_flight": 0}
         }))
         .expect("status")
+    }
+
+    #[test]
+    fn a_failing_final_flush_says_why_until_when_and_where_the_data_stays() {
+        let mut s = st(0, 100);
+        s.cache_dir = "/var/cache/cb".into();
+        s.log = Some("/var/cache/cb/cryptbucket.log".into());
+        s.final_flush_until = Some(1300);
+        let f = crate::cli::control::StoreFailing {
+            for_secs: 7,
+            error: "store unreachable or temporarily failing: connection refused".into(),
+        };
+        let m = trouble_message(Trouble::Failing(&f), &s, 1000);
+        assert!(m.contains("connection refused"), "{m}");
+        assert!(m.contains("keep failing (for 7 s)"), "{m}");
+        assert!(m.contains("300 s more"), "{m}");
+        assert!(m.contains("staged in /var/cache/cb"), "{m}");
+        assert!(m.contains("next mount"), "{m}");
+        let m = trouble_message(Trouble::Stalled(12), &s, 2000);
+        assert!(m.contains("for 12 s"), "{m}");
+        assert!(m.contains("cryptbucket.log"), "{m}");
+        assert!(m.contains("0 s more"), "{m}");
+        s.final_flush_until = None;
+        assert!(trouble_message(Trouble::Stalled(12), &s, 0).contains("it keeps retrying;"));
     }
 
     #[test]
