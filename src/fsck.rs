@@ -108,6 +108,10 @@ pub struct FsckReport {
     pub chunk_bytes: u64,
     /// Bytes downloaded and authenticated (`full`).
     pub verified_bytes: u64,
+    /// Pack objects, and the plaintext bytes in them no file references any more (freed
+    /// only with a pack's last file).
+    pub packs: u64,
+    pub pack_dead_bytes: u64,
     pub head_seq: Option<u64>,
     /// Files with damaged chunks outside /lost+found (what `repair` moves).
     pub damaged: Vec<DamagedFile>,
@@ -371,6 +375,12 @@ pub fn check(
                 m.push((*ino, c.clone()));
             }
         }
+    }
+
+    for (_, m) in members.iter().filter(|(_, m)| m[0].1.pack.is_some()) {
+        report.packs += 1;
+        let live: u64 = m.iter().map(|(_, c)| c.plain_len).sum();
+        report.pack_dead_bytes += m[0].1.obj_len().saturating_sub(live);
     }
 
     // 4. Full verification.

@@ -233,30 +233,49 @@ fn a_pack_stays_until_its_last_file_is_gone() {
     let (store, files) = setup(&dir);
     let before = objects(&dir).len();
 
-    // Keep the first and the last file, delete the rest.
+    // Keep the first, one in the middle and the last file, delete the rest. The middle
+    // one was queued with a whole pack's worth of others (only the first and the last
+    // batch can be small), so its pack is now mostly dead.
+    let keep = [0, FILES / 2, FILES - 1];
     let cache = tempdir();
     let v = open(&store, cache.path());
     let d = v.vfs.lookup(ROOT_INO, b"d").unwrap();
-    for (name, _, _) in &files[1..FILES - 1] {
-        v.vfs.unlink(d.ino, name.as_bytes()).unwrap();
+    for (i, (name, _, _)) in files.iter().enumerate() {
+        if !keep.contains(&i) {
+            v.vfs.unlink(d.ino, name.as_bytes()).unwrap();
+        }
     }
     v.vfs.sync_all().unwrap();
     v.unmount().unwrap();
     let left = objects(&dir).len();
     assert!(
-        (1..=2).contains(&left) && left < before,
-        "{before} objects before, {left} after deleting all files but two"
+        (1..=3).contains(&left) && left < before,
+        "{before} objects before, {left} after deleting all files but three"
     );
+
+    // fsck says how much of the packs is dead weight now.
+    let o = fsck(&dir, &[]);
+    o.assert_ok();
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("packs: "))
+        .unwrap_or_else(|| panic!("no pack line: {o}"));
+    let dead: u64 = line
+        .split("; ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(dead >= 4 * 5000, "{line}");
 
     // What is left still reads, from a fresh cache (so from the store).
     let fresh = tempdir();
     let v = open(&store, fresh.path());
     let d = v.vfs.lookup(ROOT_INO, b"d").unwrap();
-    for (name, _, data) in [&files[0], &files[FILES - 1]] {
+    for (name, _, data) in keep.iter().map(|i| &files[*i]) {
         let ino = v.vfs.lookup(d.ino, name.as_bytes()).unwrap().ino;
         assert_eq!(&read_all(&v.vfs, ino), data, "{name}");
-    }
-    for (name, _, _) in [&files[0], &files[FILES - 1]] {
         v.vfs.unlink(d.ino, name.as_bytes()).unwrap();
     }
     v.vfs.sync_all().unwrap();

@@ -140,6 +140,12 @@ pub fn run(mut args: FsckArgs) -> Result<()> {
             }
         }
     }
+    if report.packs > 0 {
+        println!(
+            "packs: {} objects hold small files together; {} bytes in them belong to deleted files (freed with each pack's last file)",
+            report.packs, report.pack_dead_bytes
+        );
+    }
     let errors = report.errors();
     println!(
         "checked commit {}: {} files, {} chunks ({} bytes of data){}; {} errors, {} warnings",

@@ -209,7 +209,12 @@ impl ChunkStore {
                 let packs = self.packs.clone();
                 self.uploads.run(move || {
                     while let Some(batch) = packs.take(cs) {
-                        up.upload_batch(batch);
+                        // A panic (a bug) must not end the loop: the queue counts this
+                        // packer as running until `take` finds it empty.
+                        let run = std::panic::AssertUnwindSafe(|| up.upload_batch(batch));
+                        if std::panic::catch_unwind(run).is_err() {
+                            tracing::error!("packing a batch of small chunks panicked");
+                        }
                     }
                 });
             }
