@@ -40,6 +40,32 @@ pub struct GcReport {
     pub referenced: u64,
     /// Objects under the chunk prefix that are not chunk objects (never touched).
     pub foreign: u64,
+    /// Packs at least half of whose bytes belong to deleted files: rewritten without them
+    /// on a live mount (or, in a dry run or on an unmounted volume, found).
+    #[serde(default)]
+    pub sparse_packs: u64,
+    /// The bytes of deleted files in those packs (freed once the old packs' grace period
+    /// after the next commit is over).
+    #[serde(default)]
+    pub sparse_bytes: u64,
+}
+
+/// Whether a pack of `len` bytes whose files still use `live` of them is worth rewriting.
+pub fn is_sparse(live: u64, len: u64) -> bool {
+    live.saturating_mul(2) <= len
+}
+
+/// The sparse packs among committed chunk references: (packs, bytes of deleted files).
+pub fn sparse_in(chunks: &[(u64, crate::meta::ChunkRef)]) -> (u64, u64) {
+    let mut packs: std::collections::HashMap<[u8; 16], (u64, u64)> = Default::default();
+    for (_, c) in chunks.iter().filter(|(_, c)| c.pack.is_some()) {
+        let e = packs.entry(c.id).or_insert((0, c.obj_len()));
+        e.0 += c.plain_len;
+    }
+    packs
+        .values()
+        .filter(|(live, len)| is_sparse(*live, *len))
+        .fold((0, 0), |(n, b), (live, len)| (n + 1, b + len - live))
 }
 
 /// Decide which listed chunk objects to delete. Returns (objects to delete, report).
@@ -114,7 +140,8 @@ mod tests {
                 bytes: 100,
                 kept_young: 2,
                 referenced: 1,
-                foreign: 1
+                foreign: 1,
+                ..GcReport::default()
             }
         );
         let (doomed, _) = plan(&listing, &referenced, Duration::ZERO, now);
@@ -131,5 +158,26 @@ mod tests {
         assert_eq!(chunk_id_of_key(&id.object_key()), Some([0xab; 16]));
         assert_eq!(chunk_id_of_key("d/00/abab"), None);
         assert_eq!(chunk_id_of_key(&format!("d/00/{}", id.to_hex())), None);
+    }
+
+    #[test]
+    fn a_pack_is_sparse_when_its_files_use_at_most_half_of_it() {
+        use crate::meta::{ChunkRef, PackSlot};
+        let r = |id: u8, len: u64, pack: Option<u64>| ChunkRef {
+            idx: 0,
+            id: [id; 16],
+            plain_len: len,
+            stored_len: 0,
+            digest: [0; 16],
+            pack: pack.map(|l| PackSlot { off: 0, len: l }),
+        };
+        let chunks = vec![
+            (1, r(1, 300, Some(1000))),
+            (2, r(1, 200, Some(1000))), // pack 1: 500 of 1000 used: sparse
+            (3, r(2, 600, Some(1000))), // pack 2: 600 used: kept
+            (4, r(3, 10, None)),        // a chunk of its own is never a pack
+        ];
+        assert_eq!(sparse_in(&chunks), (1, 500));
+        assert!(is_sparse(0, 10) && !is_sparse(6, 10));
     }
 }

@@ -287,3 +287,71 @@ fn a_pack_stays_until_its_last_file_is_gone() {
     );
     fsck(&dir, &["--full"]).assert_ok();
 }
+
+#[test]
+fn gc_on_a_live_mount_repacks_packs_that_are_mostly_deleted_files() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("store");
+    let (store, files) = setup(&dir);
+    let cache = tempdir();
+    let v = open(&store, cache.path());
+    let d = v.vfs.lookup(ROOT_INO, b"d").unwrap();
+    // Keep every fourth file: every pack is then about three quarters dead.
+    let kept: Vec<&File> = files.iter().step_by(4).collect();
+    for (i, (name, _, _)) in files.iter().enumerate() {
+        if i % 4 != 0 {
+            v.vfs.unlink(d.ino, name.as_bytes()).unwrap();
+        }
+    }
+    v.vfs.sync_all().unwrap();
+    let before = objects(&dir).len();
+    // A file held open keeps its pack as it is (its chunk refs live in memory).
+    let held = &kept[kept.len() / 2];
+    let fh = v.vfs.open(held.1).unwrap();
+
+    let dry = v
+        .vfs
+        .collect_garbage(std::time::Duration::ZERO, true)
+        .unwrap();
+    assert!(dry.sparse_packs >= 2, "{dry:?}");
+    assert_eq!(objects(&dir).len(), before, "a dry run changes nothing");
+    let r = v
+        .vfs
+        .collect_garbage(std::time::Duration::ZERO, false)
+        .unwrap();
+    assert_eq!(r.sparse_packs, dry.sparse_packs, "{r:?} {dry:?}");
+    assert!(r.sparse_bytes > 100_000, "{r:?}");
+    assert_eq!(v.vfs.read(fh, 0, held.2.len() as u32).unwrap(), held.2);
+    v.vfs.release(fh).unwrap();
+    // Closed now: its pack is the one left to repack.
+    let again = v
+        .vfs
+        .collect_garbage(std::time::Duration::ZERO, false)
+        .unwrap();
+    assert_eq!(again.sparse_packs, 1, "{again:?}");
+    let last = v
+        .vfs
+        .collect_garbage(std::time::Duration::ZERO, true)
+        .unwrap();
+    assert_eq!(last.sparse_packs, 0, "the new packs are dense: {last:?}");
+    for (name, ino, data) in &kept {
+        assert_eq!(&read_all(&v.vfs, *ino), data, "{name} on the live mount");
+    }
+    v.unmount().unwrap();
+    let after = objects(&dir).len();
+    assert!(
+        after < before,
+        "{before} objects before the repack, {after} after"
+    );
+
+    // From the store alone: every kept file reads back, and fsck finds no damage.
+    let fresh = tempdir();
+    let v = open(&store, fresh.path());
+    for (name, ino, data) in &kept {
+        assert_eq!(&read_all(&v.vfs, *ino), data, "{name} after a remount");
+    }
+    v.unmount().unwrap();
+    let o = fsck(&dir, &["--full"]);
+    o.assert_ok();
+    assert!(o.stdout.contains("0 errors"), "{o}");
+}

@@ -33,7 +33,7 @@ pub struct GcArgs {
     pub break_lease: bool,
 }
 
-fn print(r: &GcReport, dry: bool, min_age: u64) {
+fn print(r: &GcReport, dry: bool, min_age: u64, live: bool) {
     println!(
         "{} {} unreferenced chunk objects ({} bytes); {} unreferenced but younger than {min_age} s kept; {} referenced",
         if dry { "would free" } else { "freed" },
@@ -42,6 +42,17 @@ fn print(r: &GcReport, dry: bool, min_age: u64) {
         r.kept_young,
         r.referenced
     );
+    if r.sparse_packs > 0 {
+        let what = match (live, dry) {
+            (true, false) => "repacked",
+            (true, true) => "would repack",
+            (false, _) => "found (run gc with the mountpoint of a mount to repack them)",
+        };
+        println!(
+            "{what} {} packs that are mostly deleted files ({} bytes, freed 10 minutes after the next commit)",
+            r.sparse_packs, r.sparse_bytes
+        );
+    }
 }
 
 pub fn run(mut args: GcArgs) -> Result<()> {
@@ -51,7 +62,7 @@ pub fn run(mut args: GcArgs) -> Result<()> {
         let sock = control::socket_path(&mnt);
         if sock.exists() {
             let r = control::gc(&sock, args.min_age, args.dry_run)?;
-            print(&r, args.dry_run, args.min_age);
+            print(&r, args.dry_run, args.min_age, true);
             return Ok(());
         }
     }
@@ -78,7 +89,8 @@ pub fn run(mut args: GcArgs) -> Result<()> {
         let remote = RemoteMeta::new(store.clone(), keys.clone(), rt.handle().clone());
         let (_head, snap) = cryptbucket::fsck::load_committed(&remote)?;
         let referenced: HashSet<[u8; 16]> = snap.chunks.iter().map(|(_, c)| c.id).collect();
-        let (doomed, report) = plan(&listing, &referenced, min_age, now);
+        let (doomed, mut report) = plan(&listing, &referenced, min_age, now);
+        (report.sparse_packs, report.sparse_bytes) = cryptbucket::gc::sparse_in(&snap.chunks);
         if !args.dry_run {
             let progress = super::progress::Progress::new(
                 "deleting",
@@ -108,6 +120,6 @@ pub fn run(mut args: GcArgs) -> Result<()> {
     })();
     lease.release();
     let report = res?;
-    print(&report, args.dry_run, args.min_age);
+    print(&report, args.dry_run, args.min_age, false);
     Ok(())
 }

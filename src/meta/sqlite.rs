@@ -930,6 +930,54 @@ impl SqliteMeta {
         self.read(dead_ids)
     }
 
+    /// Packs whose files reference at most half of their bytes (the rest belongs to
+    /// deleted or rewritten files), each with every chunk still in it.
+    pub fn sparse_packs(&self) -> Result<Vec<Vec<(Ino, ChunkRef)>>> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT ino, {CHUNK_COLS} FROM chunks WHERE pack_len IS NOT NULL AND id IN
+                   (SELECT id FROM chunks WHERE pack_len IS NOT NULL
+                    GROUP BY id HAVING SUM(plain_len) * 2 <= MAX(pack_len))
+                 ORDER BY id"
+            ))?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, chunk_cols(r, 1)?)))?;
+            let mut out: Vec<Vec<(Ino, ChunkRef)>> = Vec::new();
+            for row in rows {
+                let (ino, cols) = row?;
+                let c = chunk_ref_of(cols)?;
+                match out.last_mut() {
+                    Some(g) if g[0].1.id == c.id => g.push((ino as u64, c)),
+                    _ => out.push(vec![(ino as u64, c)]),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Point chunk `new.idx` of `ino` at `new` if it still is `old` (a repacked copy of the
+    /// same bytes); the old object is then dead unless other rows still use it. Returns
+    /// whether it was replaced.
+    pub fn replace_chunk(&self, ino: Ino, old: &ChunkRef, new: &ChunkRef) -> Result<bool> {
+        self.write(|tx| {
+            let cur: Option<Vec<u8>> = tx
+                .row(
+                    "SELECT id FROM chunks WHERE ino=?1 AND idx=?2",
+                    params![ino as i64, old.idx as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if cur.as_deref() != Some(&old.id[..]) || new.idx != old.idx {
+                return Ok(false);
+            }
+            tx.exec(
+                "INSERT OR IGNORE INTO dead_chunks(id) VALUES (?1)",
+                [&old.id[..]],
+            )?;
+            insert_chunk(&mut tx.prepare_cached(INS_CHUNK)?, ino, new)?;
+            Ok(true)
+        })
+    }
+
     /// Of these object ids, the ones a packed row still references (kept alive).
     pub fn packs_in_use(&self, ids: &[[u8; 16]]) -> Result<Vec<[u8; 16]>> {
         self.read(|c| {

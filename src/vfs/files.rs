@@ -47,6 +47,9 @@ pub(super) struct WriteBack {
     open_mem: AtomicU64,
     fly_mem: AtomicU64,
     token: AtomicU64,
+    /// Bumped by every repack swap (under the `open` lock), so a file state built from
+    /// chunk refs read before a swap reads them again.
+    repacks: AtomicU64,
 }
 
 pub(super) struct OpenFile {
@@ -192,6 +195,30 @@ impl WriteBack {
             open_mem: AtomicU64::new(0),
             fly_mem: AtomicU64::new(0),
             token: AtomicU64::new(1),
+            repacks: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether `ino` has an open state (open, or with writes pending).
+    pub(super) fn is_tracked(&self, ino: Ino) -> bool {
+        self.open.lock().contains_key(&ino)
+    }
+
+    /// A repack copied chunk `old` of `ino` to `new`: point the file at the copy, unless the
+    /// file has an open state (its refs are held in memory) or the chunk changed meanwhile.
+    /// Returns whether the copy is used.
+    pub(super) fn swap_repacked(&self, ino: Ino, old: &ChunkRef, new: &ChunkRef) -> bool {
+        let map = self.open.lock();
+        if map.contains_key(&ino) {
+            return false;
+        }
+        self.repacks.fetch_add(1, Ordering::SeqCst);
+        match self.meta.replace_chunk(ino, old, new) {
+            Ok(swapped) => swapped,
+            Err(e) => {
+                tracing::warn!("repack: cannot record a copied chunk: {e}");
+                false
+            }
         }
     }
 
@@ -650,14 +677,17 @@ impl Vfs {
             FileKind::Dir => return Err(VfsError::IsDir),
             _ => return Err(VfsError::Invalid("not a regular file")),
         }
-        let refs = self
-            .meta
-            .chunks(ino)?
-            .into_iter()
-            .map(|c| (c.idx, c))
-            .collect();
+        let load = |meta: &crate::meta::SqliteMeta| -> Result<BTreeMap<u64, ChunkRef>> {
+            Ok(meta.chunks(ino)?.into_iter().map(|c| (c.idx, c)).collect())
+        };
+        let repacks = self.wb.repacks.load(Ordering::SeqCst);
+        let mut refs = load(&self.meta)?;
         let inline = self.meta.inline_data(ino)?;
         let mut map = self.wb.open.lock();
+        if !map.contains_key(&ino) && self.wb.repacks.load(Ordering::SeqCst) != repacks {
+            // A repack swapped chunks since they were read (it does so under this lock).
+            refs = load(&self.meta)?;
+        }
         let of = map.entry(ino).or_insert_with(|| {
             Arc::new(OpenFile::new(FileState {
                 opens: 0,

@@ -11,6 +11,8 @@ impl Vfs {
     /// Delete the chunk objects that neither the committed nor the local metadata
     /// references and that are older than `min_age`; `dry_run` only reports.
     pub fn collect_garbage(&self, min_age: Duration, dry_run: bool) -> Result<GcReport> {
+        // The old packs this replaces wait out their grace period like any dead chunk.
+        let (sparse_packs, sparse_bytes) = self.repack(dry_run)?;
         // List first: a chunk recorded after the listing is then seen as referenced.
         let listing = self.data.list_objects()?;
         let now = SystemTime::now();
@@ -23,7 +25,9 @@ impl Vfs {
         // Chunks only older heads reference wait out their grace period (a follower may
         // still read them); the commit path deletes them when it ends.
         referenced.extend(self.remote.chunks_in_grace(&self.meta)?);
-        let (doomed, report) = plan(&listing, &referenced, min_age, now);
+        let (doomed, mut report) = plan(&listing, &referenced, min_age, now);
+        report.sparse_packs = sparse_packs;
+        report.sparse_bytes = sparse_bytes;
         if !dry_run && !doomed.is_empty() {
             let ids: Vec<[u8; 16]> = doomed
                 .iter()

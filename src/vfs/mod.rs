@@ -4,6 +4,7 @@
 mod error;
 mod files;
 mod gc;
+mod repack;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

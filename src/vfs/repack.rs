@@ -1,0 +1,81 @@
+//! Repacking: a pack is freed only with its last file, so `gc` on a live mount rewrites the
+//! packs that are at least half deleted files, copying the chunks still in use into new
+//! packs (through the normal upload path) and pointing their files at the copies.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use super::{Result, Vfs};
+use crate::gc::is_sparse;
+use crate::meta::ChunkRef;
+
+/// Bytes of chunks being copied at once (each is read into memory first).
+const REPACK_IN_FLIGHT: u64 = 64 << 20;
+
+impl Vfs {
+    /// Rewrite (or, with `dry_run`, count) the sparse packs: (packs, bytes of deleted files
+    /// in them). A pack with a file that is open or has writes pending is left for later.
+    pub fn repack(&self, dry_run: bool) -> Result<(u64, u64)> {
+        let (mut packs, mut bytes) = (0, 0);
+        let (tx, rx) = mpsc::channel::<u64>();
+        let mut in_flight = 0u64;
+        let mut waiting = 0usize;
+        for members in self.meta.sparse_packs()? {
+            let len = members[0].1.obj_len();
+            let live: u64 = members.iter().map(|(_, c)| c.plain_len).sum();
+            if !is_sparse(live, len) || members.iter().any(|(ino, _)| self.wb.is_tracked(*ino)) {
+                continue;
+            }
+            packs += 1;
+            bytes += len - live;
+            if dry_run {
+                continue;
+            }
+            for (ino, old) in members {
+                // A damaged pack is left as it is, for fsck to report.
+                let data = match self.data.read(&old, 0, old.plain_len) {
+                    Ok(d) => Arc::new(d),
+                    Err(e) => {
+                        tracing::warn!("repack: cannot read chunk {} of inode {ino}: {e}", old.idx);
+                        continue;
+                    }
+                };
+                let n = old.plain_len;
+                let (wb, tx) = (self.wb.clone(), tx.clone());
+                self.data.upload_async(
+                    old.idx,
+                    n,
+                    Box::new(move || Ok(data)),
+                    Box::new(move |res: crate::data::Result<ChunkRef>| {
+                        let kept = match res {
+                            Ok(new) => wb.swap_repacked(ino, &old, &new),
+                            Err(e) => {
+                                tracing::warn!("repack: upload failed (pack kept as it is): {e}");
+                                false
+                            }
+                        };
+                        let _ = tx.send(n);
+                        kept
+                    }),
+                );
+                in_flight += n;
+                waiting += 1;
+                while in_flight > REPACK_IN_FLIGHT {
+                    let Ok(done) = rx.recv() else { break };
+                    in_flight -= done;
+                    waiting -= 1;
+                }
+            }
+        }
+        drop(tx);
+        for _ in 0..waiting {
+            if rx.recv().is_err() {
+                break;
+            }
+        }
+        if packs > 0 && !dry_run {
+            self.commit()?;
+        }
+        Ok((packs, bytes))
+    }
+}
