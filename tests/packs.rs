@@ -355,3 +355,28 @@ fn gc_on_a_live_mount_repacks_packs_that_are_mostly_deleted_files() {
     o.assert_ok();
     assert!(o.stdout.contains("0 errors"), "{o}");
 }
+
+#[test]
+fn rekey_reseals_packs_whole_and_every_file_reads_back() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("store");
+    let (store, files) = setup(&dir);
+    let before = objects(&dir);
+    let mut c = cb();
+    c.arg("rekey").arg(&dir).env("CRYPTBUCKET_PASSPHRASE", PASS);
+    run(&mut c, CMD_TIMEOUT).assert_ok();
+    let after = objects(&dir);
+    assert_eq!(after.len(), before.len(), "one new object per old one");
+    assert!(
+        after.is_disjoint(&before),
+        "every object re-sealed under a new id"
+    );
+
+    let fresh = tempdir();
+    let v = open(&store, fresh.path());
+    for (name, ino, data) in &files {
+        assert_eq!(&read_all(&v.vfs, *ino), data, "{name} after the rekey");
+    }
+    v.unmount().unwrap();
+    fsck(&dir, &["--full"]).assert_ok();
+}
