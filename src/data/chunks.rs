@@ -376,6 +376,9 @@ impl ChunkStore {
             }
         }
         self.count(false);
+        if c.pack.is_some() {
+            return self.fetch_member(c, first, n);
+        }
         let whole = self.get_checked(c, None, c.stored_len.max(range.end))?;
         dc.insert(&c.id, &whole[..c.stored_len.max(range.end) as usize]);
         self.open_blocks(
@@ -384,6 +387,32 @@ impl ChunkStore {
             n,
             &whole[range.start as usize..range.end as usize],
         )
+    }
+
+    /// A chunk inside a pack, read on its own: fetch the blocks of the whole chunk (one
+    /// ranged GET), not the whole pack, so opening one small file costs its own size; a
+    /// directory scan's prefetch fetches whole packs instead (`prefetch`). Blocks other
+    /// than `first..first + n` go to the block cache for the reads that follow.
+    fn fetch_member(&self, c: &ChunkRef, first: u32, n: u32) -> Result<Vec<Vec<u8>>> {
+        let bs = self.block_size();
+        let mf = (c.obj_off() / bs) as u32;
+        let ml = ((c.obj_off() + c.plain_len).max(1) - 1) / bs;
+        let mn = (ml as u32 + 1).saturating_sub(mf).max(1);
+        if first < mf || first + n > mf + mn {
+            let range = chunk_block_range(self.keys.params(), c.obj_len(), first, n);
+            let got = self.get_checked(c, Some(range.clone()), range.end - range.start)?;
+            return self.open_blocks(c, first, n, &got);
+        }
+        let range = chunk_block_range(self.keys.params(), c.obj_len(), mf, mn);
+        let got = self.get_checked(c, Some(range.clone()), range.end - range.start)?;
+        let mut blocks = self.open_blocks(c, mf, mn, &got)?;
+        let want = (first - mf) as usize..(first - mf + n) as usize;
+        for (i, b) in blocks.iter().enumerate() {
+            if !want.contains(&i) {
+                self.cache.insert(c.id, mf + i as u32, Arc::new(b.clone()));
+            }
+        }
+        Ok(blocks.drain(want).collect())
     }
 
     /// GET (part of) a chunk object, mapping absence and truncation to `Corrupt`.
