@@ -12,7 +12,7 @@ use std::sync::Arc;
 use common::*;
 use cryptbucket::backend::local::LocalStore;
 use cryptbucket::backend::ObjectStore;
-use cryptbucket::crypto::{Argon2Params, KeySource, VolumeParams};
+use cryptbucket::crypto::KeySource;
 use cryptbucket::meta::ROOT_INO;
 use cryptbucket::vfs::{Ctx, Vfs};
 use cryptbucket::volume;
@@ -80,18 +80,15 @@ fn settled_chunk_files(store: &Path) -> BTreeSet<String> {
 /// A volume with small chunks; returns for each file (name, content, its chunk object keys).
 fn setup(store: &Path) -> Vec<(String, Vec<u8>, Vec<String>)> {
     let rt = volume::runtime().unwrap();
-    let params = VolumeParams {
-        chunk_size: 64 * 1024,
-        block_size: 4096,
-        ..VolumeParams::default()
-    };
-    let kdf = Argon2Params {
-        m_kib: 8192,
-        t: 1,
-        p: 1,
-    };
     std::fs::create_dir_all(store).unwrap();
-    volume::create(&rt, store_of(store), params, &key(), kdf).unwrap();
+    volume::create(
+        &rt,
+        store_of(store),
+        small_chunk_params(),
+        &key(),
+        test_kdf(),
+    )
+    .unwrap();
     let cache = tempdir();
     let v = volume::open(
         volume::runtime().unwrap(),

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use common::*;
 use cryptbucket::backend::local::LocalStore;
 use cryptbucket::backend::{ObjectMeta, ObjectStore, PutMode, Result};
-use cryptbucket::crypto::{Argon2Params, KeySource, VolumeParams};
+use cryptbucket::crypto::KeySource;
 use cryptbucket::meta::{Ino, ROOT_INO};
 use cryptbucket::vfs::{Ctx, Vfs};
 use cryptbucket::volume::{self, Volume};
@@ -122,33 +122,19 @@ fn pattern(len: usize, seed: usize) -> Vec<u8> {
 }
 
 fn read_all(vfs: &Vfs, ino: Ino) -> Vec<u8> {
-    let size = vfs.getattr(ino).unwrap().size;
-    let fh = vfs.open(ino).unwrap();
-    let out = vfs.read(fh, 0, size as u32).unwrap();
-    vfs.release(fh).unwrap();
-    out
+    vfs_read_all(vfs, ino)
 }
 
-/// A volume with 64 KiB chunks (chunks up to 16 KiB are packed) and `FILES` files of
-/// 5-13 KB in /d, written while the store held every upload: (store dir, files).
 /// A file written by `setup`: name in /d, inode, contents.
 type File = (String, Ino, Vec<u8>);
 
+/// A volume with 64 KiB chunks (chunks up to 16 KiB are packed) and `FILES` files of
+/// 5-13 KB in /d, written while the store held every upload: (store, files).
 fn setup(dir: &Path) -> (Arc<Hold>, Vec<File>) {
-    let params = VolumeParams {
-        chunk_size: 64 * 1024,
-        block_size: 4096,
-        ..VolumeParams::default()
-    };
-    let kdf = Argon2Params {
-        m_kib: 8192,
-        t: 1,
-        p: 1,
-    };
     std::fs::create_dir_all(dir).unwrap();
     let store = store_at(dir);
     let rt = volume::runtime().unwrap();
-    volume::create(&rt, store.clone(), params, &key(), kdf).unwrap();
+    volume::create(&rt, store.clone(), small_chunk_params(), &key(), test_kdf()).unwrap();
     let cache = tempdir();
     let v = open(&store, cache.path());
     let d = v.vfs.mkdir(&CTX, ROOT_INO, b"d", 0o755).unwrap();

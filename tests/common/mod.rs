@@ -727,3 +727,31 @@ pub fn s3_digest(endpoint: &str, bucket: &str) -> BTreeMap<String, String> {
         out
     })
 }
+
+/// Volume parameters for library-level tests: 64 KiB chunks of 4 KiB blocks, so a few
+/// hundred KB of data spans many chunks (and chunks up to 16 KiB are packed).
+pub fn small_chunk_params() -> cryptbucket::crypto::VolumeParams {
+    cryptbucket::crypto::VolumeParams {
+        chunk_size: 64 * 1024,
+        block_size: 4096,
+        ..Default::default()
+    }
+}
+
+/// A cheap Argon2id for tests that create volumes.
+pub fn test_kdf() -> cryptbucket::crypto::Argon2Params {
+    cryptbucket::crypto::Argon2Params {
+        m_kib: 8192,
+        t: 1,
+        p: 1,
+    }
+}
+
+/// The whole contents of a file, through the vfs.
+pub fn vfs_read_all(vfs: &cryptbucket::vfs::Vfs, ino: u64) -> Vec<u8> {
+    let size = vfs.getattr(ino).expect("getattr").size;
+    let fh = vfs.open(ino).expect("open");
+    let out = vfs.read(fh, 0, size as u32).expect("read");
+    vfs.release(fh).expect("release");
+    out
+}
