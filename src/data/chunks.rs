@@ -407,6 +407,12 @@ impl ChunkStore {
         let got = self.get_checked(c, Some(range.clone()), range.end - range.start)?;
         let mut blocks = self.open_blocks(c, mf, mn, &got)?;
         let want = (first - mf) as usize..(first - mf + n) as usize;
+        if want.end > blocks.len() {
+            return Err(DataError::Corrupt {
+                key: ChunkId(c.id).object_key(),
+                reason: format!("pack holds {} of the chunk's {mn} blocks", blocks.len()),
+            });
+        }
         for (i, b) in blocks.iter().enumerate() {
             if !want.contains(&i) {
                 self.cache.insert(c.id, mf + i as u32, Arc::new(b.clone()));
