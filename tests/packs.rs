@@ -210,7 +210,7 @@ fn small_files_share_objects_and_read_back_with_few_downloads() {
 fn fsck_reports_damage_in_a_pack_for_the_files_it_touches() {
     let tmp = tempdir();
     let dir = tmp.path().join("store");
-    let (_store, files) = setup(&dir);
+    let (store, files) = setup(&dir);
     // The biggest object is a full pack; flip a byte early in it (its first block).
     let pack = objects(&dir)
         .into_iter()
@@ -232,6 +232,21 @@ fn fsck_reports_damage_in_a_pack_for_the_files_it_touches() {
     // Block 0 (4 KiB) holds the start of the pack's first file, files are >= 5 KB: one.
     assert_eq!(damaged.len(), 1, "{damaged:?}: {full}");
     assert!(full.stdout.contains("authentication"), "{full}");
+
+    // Reading: that file is an error (never other bytes), its neighbours read intact.
+    let fresh = tempdir();
+    let v = open(&store, fresh.path());
+    for (name, ino, data) in &files {
+        let fh = v.vfs.open(*ino).unwrap();
+        let got = v.vfs.read(fh, 0, data.len() as u32);
+        v.vfs.release(fh).unwrap();
+        if name == damaged[0] {
+            assert!(got.is_err(), "{name}: damaged bytes were served");
+        } else {
+            assert_eq!(&got.unwrap(), data, "{name}");
+        }
+    }
+    v.unmount().unwrap();
 }
 
 #[test]
