@@ -212,14 +212,18 @@ impl WriteBack {
         if map.contains_key(&ino) {
             return false;
         }
-        self.repacks.fetch_add(1, Ordering::SeqCst);
-        match self.meta.replace_chunk(ino, old, new) {
+        let swapped = match self.meta.replace_chunk(ino, old, new) {
             Ok(swapped) => swapped,
             Err(e) => {
                 tracing::warn!("repack: cannot record a copied chunk: {e}");
                 false
             }
-        }
+        };
+        // After the swap is in the database: a `file_state` that sees this count read its
+        // refs after the swap; one that read them before sees the count change.
+        self.repacks.fetch_add(1, Ordering::SeqCst);
+        drop(map);
+        swapped
     }
 
     fn cs(&self) -> u64 {
