@@ -369,8 +369,27 @@ pub fn check(
             }
             Some(_) => {
                 let m = members.entry(c.id).or_default();
-                if m.is_empty() {
-                    to_verify.push((*ino, c.clone()));
+                match m.first() {
+                    None => to_verify.push((*ino, c.clone())),
+                    // Every reference to one object must describe it the same way, or
+                    // verifying the first would vouch for the others.
+                    Some((_, f))
+                        if (f.obj_len(), f.stored_len, f.digest, f.pack.is_some())
+                            != (c.obj_len(), c.stored_len, c.digest, c.pack.is_some()) =>
+                    {
+                        report.add(
+                            Severity::Error,
+                            Problem::ChunkWrongSize,
+                            Some(path_of(*ino)),
+                            format!(
+                                "chunk {} describes {key} unlike the other files in it",
+                                c.idx
+                            ),
+                        );
+                        damaged.insert(*ino, ());
+                        continue;
+                    }
+                    Some(_) => {}
                 }
                 m.push((*ino, c.clone()));
             }

@@ -59,14 +59,44 @@ pub struct ChunkStore {
     hits: std::sync::atomic::AtomicU64,
     misses: std::sync::atomic::AtomicU64,
     packs: Arc<PackQueue>,
+    recording: Arc<parking_lot::Mutex<std::collections::HashSet<[u8; 16]>>>,
 }
 
 /// Chunks up to this fraction of the chunk size are packed with others (see `pack`): above
 /// it an object of its own costs little per byte.
 const PACK_MEMBER_DIVISOR: u64 = 4;
+/// Packers running at once: half the upload workers, so a stream of small files cannot
+/// hold every worker while a big file's chunks wait.
+const MAX_PACKERS: usize = UPLOAD_WORKERS / 2;
 
 /// Read-ahead downloads running at once.
 const PREFETCHERS: usize = 16;
+
+/// Calls its `Done` exactly once: with the outcome, or, if the job ends without one (a
+/// panic), with an error, so that no file waits forever for an upload that is gone (the
+/// chunk stays staged and is retried).
+pub(super) struct Answer(Option<Done>);
+
+impl Answer {
+    pub(super) fn new(done: Done) -> Self {
+        Answer(Some(done))
+    }
+
+    /// Hand over the outcome; returns whether the object is wanted.
+    pub(super) fn give(mut self, res: Result<ChunkRef>) -> bool {
+        self.0.take().is_some_and(|d| d(res))
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = d(Err(DataError::Local(
+                "the upload job stopped without finishing (see the log)".into(),
+            )));
+        }
+    }
+}
 
 /// Counts an upload as pending until dropped (also when its job panics, so `wait_idle`
 /// cannot hang on it). The count was raised when the upload was submitted.
@@ -104,6 +134,7 @@ impl ChunkStore {
             hits: Default::default(),
             misses: Default::default(),
             packs: Default::default(),
+            recording: Default::default(),
         }
     }
 
@@ -192,6 +223,7 @@ impl ChunkStore {
     /// pool: `produce` yields its plaintext on a worker, `done` gets the reference once the
     /// object is stored. A small chunk may be packed with others queued at the same time.
     pub fn upload_async(&self, idx: u64, len: u64, produce: Produce, done: Done) {
+        let done = Answer::new(done);
         self.pending
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pending = Pending::new(self.pending.clone());
@@ -205,7 +237,7 @@ impl ChunkStore {
                 done,
                 pending,
             };
-            if self.packs.push(job, cs, UPLOAD_WORKERS) {
+            if self.packs.push(job, cs, MAX_PACKERS) {
                 let packs = self.packs.clone();
                 self.uploads.run(move || {
                     while let Some(batch) = packs.take(cs) {
@@ -234,7 +266,14 @@ impl ChunkStore {
             keys: self.keys.clone(),
             rt: self.rt.clone(),
             pending: self.pending.clone(),
+            recording: self.recording.clone(),
         }
+    }
+
+    /// Packs whose members are being recorded right now (stored, and some of their files
+    /// may not reference them yet): they must not be deleted meanwhile.
+    pub fn recording_packs(&self) -> std::collections::HashSet<[u8; 16]> {
+        self.recording.lock().clone()
     }
 
     /// Wait until every background upload and delete has finished.
@@ -540,6 +579,7 @@ struct Uploader {
     keys: Arc<VolumeKeys>,
     rt: Handle,
     pending: Arc<std::sync::atomic::AtomicU64>,
+    recording: Arc<parking_lot::Mutex<std::collections::HashSet<[u8; 16]>>>,
 }
 
 impl Uploader {
@@ -553,9 +593,9 @@ impl Uploader {
     }
 
     /// Hand the outcome to `done`; delete the object if nothing wants it.
-    fn finish(&self, done: Done, res: Result<ChunkRef>) {
+    fn finish(&self, done: Answer, res: Result<ChunkRef>) {
         let id = res.as_ref().ok().map(|r| r.id);
-        if !done(res) {
+        if !done.give(res) {
             if let Some(id) = id {
                 self.discard(id);
             }
@@ -571,7 +611,7 @@ impl Uploader {
             match (j.produce)() {
                 Ok(d) => parts.push(((j.idx, j.done, j.pending), d)),
                 Err(e) => {
-                    let _ = (j.done)(Err(e));
+                    let _ = j.done.give(Err(e));
                 }
             }
         }
@@ -593,7 +633,13 @@ impl Uploader {
             let mut wanted = false;
             let mut off = 0u64;
             let id = res.as_ref().ok().map(|r| r.id);
-            for ((idx, done, _pending), d) in group {
+            if let Some(id) = id {
+                self.recording.lock().insert(id);
+            }
+            // Dropped after the discard below, so `wait_idle` counts it.
+            let mut pendings = Vec::with_capacity(group.len());
+            for ((idx, done, pending), d) in group {
+                pendings.push(pending);
                 let len = d.len() as u64;
                 let member = match &res {
                     Ok(r) => Ok(ChunkRef {
@@ -608,11 +654,15 @@ impl Uploader {
                     Err(e) => Err(e.shared()),
                 };
                 off += len;
-                wanted |= done(member);
+                wanted |= done.give(member);
             }
-            if let (false, Some(id)) = (wanted, id) {
-                self.discard(id);
+            if let Some(id) = id {
+                self.recording.lock().remove(&id);
+                if !wanted {
+                    self.discard(id);
+                }
             }
+            drop(pendings);
         }
     }
 

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use parking_lot::Mutex;
 
-use super::chunks::{Done, Pending, Produce};
+use super::chunks::{Answer, Pending, Produce};
 
 /// A small chunk waiting for a packer.
 pub(super) struct Job {
@@ -20,7 +20,7 @@ pub(super) struct Job {
     /// Plaintext length the caller expects `produce` to yield (decides what fits a pack).
     pub len: u64,
     pub produce: Produce,
-    pub done: Done,
+    pub done: Answer,
     pub pending: Pending,
 }
 
@@ -112,7 +112,7 @@ mod tests {
             idx: 0,
             len,
             produce: Box::new(|| Ok(Arc::new(Vec::new()))),
-            done: Box::new(|_| false),
+            done: Answer::new(Box::new(|_| false)),
             pending: Pending::new(Arc::new(AtomicU64::new(1))),
         }
     }
@@ -141,6 +141,38 @@ mod tests {
         assert!(
             q.push(job(1), 100, 2),
             "both stopped: the next job starts one again"
+        );
+    }
+
+    #[test]
+    fn an_answer_is_given_once_even_when_its_job_is_dropped() {
+        use std::sync::atomic::Ordering;
+        let calls = Arc::new(AtomicU64::new(0));
+        let errs = Arc::new(AtomicU64::new(0));
+        let mk = || {
+            let (c, e) = (calls.clone(), errs.clone());
+            Answer::new(Box::new(move |r| {
+                c.fetch_add(1, Ordering::SeqCst);
+                if r.is_err() {
+                    e.fetch_add(1, Ordering::SeqCst);
+                }
+                true
+            }))
+        };
+        let given = mk();
+        assert!(given.give(Err(crate::data::DataError::Local("x".into()))));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "given: called once, not again on drop"
+        );
+        // A job that unwinds (a panicking packer) drops its answer unanswered.
+        drop(mk());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            errs.load(Ordering::SeqCst),
+            2,
+            "the dropped one got an error"
         );
     }
 

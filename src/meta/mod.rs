@@ -190,6 +190,15 @@ impl ChunkRef {
 
     /// Structural check of a reference read from the store or the local database.
     pub fn check(&self) -> Result<()> {
+        // No volume has chunks above this: lengths past it are corrupt, and bounding them
+        // keeps block arithmetic and sums far from overflow.
+        let max = u64::from(crate::crypto::VolumeParams::MAX_CHUNK_SIZE);
+        if self.plain_len > max || self.pack.is_some_and(|p| p.len > max) {
+            return Err(MetaError::Corrupt(format!(
+                "chunk reference longer than the largest chunk ({} bytes)",
+                self.obj_len()
+            )));
+        }
         if let Some(p) = self.pack {
             if p.off
                 .checked_add(self.plain_len)
@@ -302,5 +311,14 @@ mod tests {
             ..solo
         };
         assert!(check_record("snapshot", 2, [&overflow].into_iter()).is_err());
+        let huge = ChunkRef {
+            idx: 0,
+            id: [1; 16],
+            plain_len: 1 << 40,
+            stored_len: 200,
+            digest: [2; 16],
+            pack: None,
+        };
+        assert!(check_record("snapshot", 1, [&huge].into_iter()).is_err());
     }
 }

@@ -30,7 +30,10 @@ pub const SUPERSEDED_GRACE: Duration = Duration::from_secs(600);
 /// Appended to every refusal about the store's metadata.
 pub const OVERRIDE_HINT: &str = "if the store's current state is what you want, mount with --accept-store-state to adopt it (changes after the damage are lost)";
 
-const ST_SEQ: &str = "head_seq";
+/// Renamed from `head_seq` with packs: a release from before them finds no local head,
+/// reloads from the store and refuses its version 2 records, instead of reading packed
+/// chunk rows of this database as whole objects (see `SqliteMeta` `migrate`).
+pub(crate) const ST_SEQ: &str = super::sqlite::HEAD_SEQ_KEY;
 const ST_HASH: &str = "head_hash";
 const ST_SNAP: &str = "head_snapshot";
 /// JSON of the last head this machine wrote or loaded.

@@ -282,8 +282,20 @@ fn dead_ids(c: &Connection) -> Result<Vec<[u8; 16]>> {
     Ok(out)
 }
 
-/// Columns and index added with packs, for a database made by an older version.
+/// The state key of the local head's commit number (see `remote::ST_SEQ`).
+pub(crate) const HEAD_SEQ_KEY: &str = "head_seq_v2";
+
+/// Columns and index added with packs, for a database made by an older version; and the
+/// local head's key renamed, so an older release run on this database afterwards reloads
+/// it from the store (where records holding packs are version 2, which it refuses) rather
+/// than read packed rows as whole objects. A `head_seq` present wins: it was written by an
+/// older release after the last run of this one.
 fn migrate(conn: &Connection) -> Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO state(key, value) SELECT ?1, value FROM state WHERE key='head_seq'",
+        [HEAD_SEQ_KEY],
+    )?;
+    conn.execute("DELETE FROM state WHERE key='head_seq'", [])?;
     let has: i64 = conn.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('chunks') WHERE name='pack_off'",
         [],

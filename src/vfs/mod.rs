@@ -723,9 +723,19 @@ impl Vfs {
         if self.committed_gen.load(Ordering::SeqCst) == gen {
             return Ok(());
         }
-        let dead = self.remote.commit(&self.meta)?;
+        let mut dead = self.remote.commit(&self.meta)?;
         self.committed_gen.store(gen, Ordering::SeqCst);
         self.last_commit_ns.store(now_ns(), Ordering::SeqCst);
+        // A pack whose members are being recorded right now stays in the garbage list
+        // (due) and is looked at again at the next commit. The set is read before the
+        // rows: a pack whose recording ended after it is seen in use below.
+        let busy = self.data.recording_packs();
+        dead.retain(|id| !busy.contains(id));
+        let alive = self.meta.packs_in_use(&dead)?;
+        if !alive.is_empty() {
+            dead.retain(|id| !alive.contains(id));
+            self.remote.forget_chunks(&self.meta, &alive)?;
+        }
         if !dead.is_empty() {
             match self.data.delete_many(&dead) {
                 Ok(()) => self.remote.forget_chunks(&self.meta, &dead)?,

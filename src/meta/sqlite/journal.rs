@@ -482,8 +482,13 @@ impl SqliteMeta {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         {
-            let mut st =
-                tx.prepare_cached("INSERT OR IGNORE INTO garbage(key, due) VALUES (?1, ?2)")?;
+            let mut st = tx.prepare_cached(
+                // An object that dies again (a pack whose member was recorded after it
+                // first looked dead) gets the later deadline: a reader of the newer head
+                // keeps its whole grace period.
+                "INSERT INTO garbage(key, due) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET due = MAX(due, excluded.due)",
+            )?;
             for k in keys {
                 st.execute(params![k, due as i64])?;
             }
@@ -643,5 +648,35 @@ mod tests {
             "its last chunk went"
         );
         assert!(m.packs_in_use(&[[9; 16]]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_local_head_key_moves_so_an_older_release_reloads_from_the_store() {
+        let m = SqliteMeta::open_in_memory().unwrap();
+        let conn = m.conn.lock();
+        conn.execute(
+            "INSERT OR REPLACE INTO state(key, value) VALUES ('head_seq', x'0700000000000000')",
+            [],
+        )
+        .unwrap();
+        super::super::migrate(&conn).unwrap();
+        let keys: Vec<String> = conn
+            .prepare("SELECT key FROM state WHERE key LIKE 'head_seq%'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(keys, vec![super::super::HEAD_SEQ_KEY.to_string()]);
+        // Run again (every open does): nothing left to move, the value stays.
+        super::super::migrate(&conn).unwrap();
+        let v: Vec<u8> = conn
+            .query_row(
+                "SELECT value FROM state WHERE key=?1",
+                [super::super::HEAD_SEQ_KEY],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(v, 7u64.to_le_bytes());
     }
 }
