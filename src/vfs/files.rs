@@ -1155,13 +1155,17 @@ impl Vfs {
     /// `open` for the FUSE thread itself: `None` instead of waiting for a file whose state
     /// is busy (a write may hold it while fetching a chunk).
     pub fn open_nowait(&self, ino: Ino) -> Option<Result<u64>> {
-        let of = self.wb.open.lock().get(&ino).cloned();
-        let Some(of) = of else {
+        let map = self.wb.open.lock();
+        let Some(of) = map.get(&ino).cloned() else {
+            drop(map);
             // A fresh state: nobody else holds its lock (but for a racing open of the same
             // file, which holds it only to count itself).
             return Some(self.open(ino));
         };
+        // Counted under the map lock, as `file_state` does: a last close racing with this
+        // open must not drop the state in between (the new handle would be EBADF).
         of.try_lock_state()?.opens += 1;
+        drop(map);
         self.note_open(ino);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, ino);
