@@ -128,21 +128,11 @@ fn setup(store: &Path) -> Vec<(String, Vec<u8>, Vec<String>)> {
 }
 
 fn fsck(store: &Path, extra: &[&str]) -> Outcome {
-    let mut c = cb();
-    c.arg("fsck")
-        .arg(store)
-        .args(extra)
-        .env("CRYPTBUCKET_PASSPHRASE", PASS);
-    run(&mut c, CMD_TIMEOUT)
+    cb_with_passphrase("fsck", store, PASS, extra)
 }
 
 fn gc(target: &Path, extra: &[&str]) -> Outcome {
-    let mut c = cb();
-    c.arg("gc")
-        .arg(target)
-        .args(extra)
-        .env("CRYPTBUCKET_PASSPHRASE", PASS);
-    run(&mut c, CMD_TIMEOUT)
+    cb_with_passphrase("gc", target, PASS, extra)
 }
 
 fn read_path(vfs: &Vfs, path: &str) -> Vec<u8> {

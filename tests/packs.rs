@@ -19,7 +19,7 @@ use cryptbucket::backend::local::LocalStore;
 use cryptbucket::backend::{ObjectMeta, ObjectStore, PutMode, Result};
 use cryptbucket::crypto::KeySource;
 use cryptbucket::meta::{Ino, ROOT_INO};
-use cryptbucket::vfs::{Ctx, Vfs};
+use cryptbucket::vfs::Ctx;
 use cryptbucket::volume::{self, Volume};
 
 const PASS: &str = "pack test passphrase";
@@ -121,10 +121,6 @@ fn pattern(len: usize, seed: usize) -> Vec<u8> {
         .collect()
 }
 
-fn read_all(vfs: &Vfs, ino: Ino) -> Vec<u8> {
-    vfs_read_all(vfs, ino)
-}
-
 /// A file written by `setup`: name in /d, inode, contents.
 type File = (String, Ino, Vec<u8>);
 
@@ -155,12 +151,7 @@ fn setup(dir: &Path) -> (Arc<Hold>, Vec<File>) {
 }
 
 fn fsck(dir: &Path, extra: &[&str]) -> Outcome {
-    let mut c = cb();
-    c.arg("fsck")
-        .arg(dir)
-        .args(extra)
-        .env("CRYPTBUCKET_PASSPHRASE", PASS);
-    run(&mut c, CMD_TIMEOUT)
+    cb_with_passphrase("fsck", dir, PASS, extra)
 }
 
 #[test]
@@ -178,7 +169,7 @@ fn small_files_share_objects_and_read_back_with_few_downloads() {
     let v = open(&store, fresh.path());
     store.chunk_gets.store(0, Ordering::SeqCst);
     let (name, ino, data) = &files[FILES / 2];
-    assert_eq!(&read_all(&v.vfs, *ino), data, "{name}");
+    assert_eq!(&vfs_read_all(&v.vfs, *ino), data, "{name}");
     assert_eq!(store.chunk_gets.load(Ordering::SeqCst), 1);
     let got = store.chunk_get_bytes.load(Ordering::SeqCst);
     assert!(
@@ -194,7 +185,7 @@ fn small_files_share_objects_and_read_back_with_few_downloads() {
     let v = open(&store, fresh.path());
     store.chunk_gets.store(0, Ordering::SeqCst);
     for (name, ino, data) in &files {
-        assert_eq!(&read_all(&v.vfs, *ino), data, "{name}");
+        assert_eq!(&vfs_read_all(&v.vfs, *ino), data, "{name}");
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
     let gets = store.chunk_gets.load(Ordering::SeqCst) as usize;
@@ -298,7 +289,7 @@ fn a_pack_stays_until_its_last_file_is_gone() {
     let d = v.vfs.lookup(ROOT_INO, b"d").unwrap();
     for (name, _, data) in keep.iter().map(|i| &files[*i]) {
         let ino = v.vfs.lookup(d.ino, name.as_bytes()).unwrap().ino;
-        assert_eq!(&read_all(&v.vfs, ino), data, "{name}");
+        assert_eq!(&vfs_read_all(&v.vfs, ino), data, "{name}");
         v.vfs.unlink(d.ino, name.as_bytes()).unwrap();
     }
     v.vfs.sync_all().unwrap();
@@ -373,7 +364,11 @@ fn gc_on_a_live_mount_repacks_packs_that_are_mostly_deleted_files() {
         "the new packs are dense and the held file's pack was repacked"
     );
     for (name, ino, data) in &kept {
-        assert_eq!(&read_all(&v.vfs, *ino), data, "{name} on the live mount");
+        assert_eq!(
+            &vfs_read_all(&v.vfs, *ino),
+            data,
+            "{name} on the live mount"
+        );
     }
     v.unmount().unwrap();
     let after = objects(&dir).len();
@@ -386,7 +381,7 @@ fn gc_on_a_live_mount_repacks_packs_that_are_mostly_deleted_files() {
     let fresh = tempdir();
     let v = open(&store, fresh.path());
     for (name, ino, data) in &kept {
-        assert_eq!(&read_all(&v.vfs, *ino), data, "{name} after a remount");
+        assert_eq!(&vfs_read_all(&v.vfs, *ino), data, "{name} after a remount");
     }
     v.unmount().unwrap();
     let o = fsck(&dir, &["--full"]);
@@ -400,9 +395,7 @@ fn rekey_reseals_packs_whole_and_every_file_reads_back() {
     let dir = tmp.path().join("store");
     let (store, files) = setup(&dir);
     let before = objects(&dir);
-    let mut c = cb();
-    c.arg("rekey").arg(&dir).env("CRYPTBUCKET_PASSPHRASE", PASS);
-    run(&mut c, CMD_TIMEOUT).assert_ok();
+    cb_with_passphrase("rekey", &dir, PASS, &[]).assert_ok();
     let after = objects(&dir);
     assert_eq!(after.len(), before.len(), "one new object per old one");
     assert!(
@@ -413,7 +406,7 @@ fn rekey_reseals_packs_whole_and_every_file_reads_back() {
     let fresh = tempdir();
     let v = open(&store, fresh.path());
     for (name, ino, data) in &files {
-        assert_eq!(&read_all(&v.vfs, *ino), data, "{name} after the rekey");
+        assert_eq!(&vfs_read_all(&v.vfs, *ino), data, "{name} after the rekey");
     }
     v.unmount().unwrap();
     fsck(&dir, &["--full"]).assert_ok();

@@ -719,17 +719,8 @@ impl RemoteMeta {
                 Err(e) => tracing::warn!("could not delete superseded {key}: {e}"),
             }
         }
-        // A pack whose member was recorded after another member's removal made it look
-        // dead is still in use: keep the object (it is marked dead again with its last row).
-        let alive = meta.packs_in_use(&chunks)?;
-        if !alive.is_empty() {
-            chunks.retain(|id| !alive.contains(id));
-            done.extend(
-                alive
-                    .iter()
-                    .map(|id| format!("{CHUNK_GARBAGE}{}", hex::encode(id))),
-            );
-        }
+        // Packs still in use are sorted out by the caller that deletes (`Vfs::commit`),
+        // which also knows which packs are being recorded.
         meta.forget_garbage(&done)?;
         Ok(chunks)
     }

@@ -755,3 +755,13 @@ pub fn vfs_read_all(vfs: &cryptbucket::vfs::Vfs, ino: u64) -> Vec<u8> {
     vfs.release(fh).expect("release");
     out
 }
+
+/// Run `cryptbucket SUB TARGET EXTRA...` with the passphrase in the environment.
+pub fn cb_with_passphrase(sub: &str, target: &Path, pass: &str, extra: &[&str]) -> Outcome {
+    let mut c = cb();
+    c.arg(sub)
+        .arg(target)
+        .args(extra)
+        .env("CRYPTBUCKET_PASSPHRASE", pass);
+    run(&mut c, CMD_TIMEOUT)
+}
