@@ -31,7 +31,8 @@
 #   --quick            smoke test: 64 MiB big file and 500 small files (local and S3)
 #   --only local|s3    run only one side
 #   --size SIZE        big-file size for both sides (e.g. 2G, 256M, 512 = MiB);
-#                      default 2G local, 256M S3 (moto keeps all data in RAM)
+#                      default 2G local, 1G S3 (the cold-read target names 1 GiB;
+#                      moto keeps all data in RAM: ~4 GiB for the three filesystems)
 #   --local-size SIZE, --s3-size SIZE    the same, one side only
 #   --files N          number of small files for both sides; default 20000 local, 2000 S3
 #   --local-files N, --s3-files N        the same, one side only
@@ -107,7 +108,7 @@ case "$ONLY" in "" | local | s3) ;; *) die "--only takes local or s3, not '$ONLY
 if [ "$QUICK" = 1 ]; then
     DEF_LOCAL_SIZE=64 DEF_S3_SIZE=64 DEF_LOCAL_FILES=500 DEF_S3_FILES=500
 else
-    DEF_LOCAL_SIZE=2048 DEF_S3_SIZE=256 DEF_LOCAL_FILES=20000 DEF_S3_FILES=2000
+    DEF_LOCAL_SIZE=2048 DEF_S3_SIZE=1024 DEF_LOCAL_FILES=20000 DEF_S3_FILES=2000
 fi
 LOCAL_MIB=$([ -n "$LOCAL_SIZE" ] && to_mib "$LOCAL_SIZE" || echo "$DEF_LOCAL_SIZE")
 S3_MIB=$([ -n "$S3_SIZE" ] && to_mib "$S3_SIZE" || echo "$DEF_S3_SIZE")

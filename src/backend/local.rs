@@ -381,7 +381,8 @@ fn get_blocking(key: &str, path: &Path, range: Option<Range<u64>>) -> Result<Byt
         f.seek(SeekFrom::Start(r.start))
             .map_err(|e| io_err(path, e))?;
     }
-    let mut buf = vec![0u8; len];
+    let mut buf = super::bufpool::pool().take(len);
+    buf.resize(len, 0);
     f.read_exact(&mut buf).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             // The file shrank under us (it cannot with rename-based writes, but be safe).
@@ -390,7 +391,7 @@ fn get_blocking(key: &str, path: &Path, range: Option<Range<u64>>) -> Result<Byt
             read_err(key, path, e)
         }
     })?;
-    Ok(Bytes::from(buf))
+    Ok(super::bufpool::freeze(buf))
 }
 
 fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>> {

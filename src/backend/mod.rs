@@ -3,6 +3,7 @@
 //! Nothing above this module knows which store it talks to. Keys are plain
 //! strings made of `[a-z0-9/._-]`; values are opaque byte strings.
 
+mod bufpool;
 pub mod fault;
 pub mod kms;
 pub mod local;

@@ -363,6 +363,10 @@ where
     }
 }
 
+/// Most of a body's announced length allocated up front (a bigger one grows as it arrives,
+/// so a bogus Content-Length cannot make us reserve gigabytes).
+const PREALLOC_MAX: u64 = 64 << 20;
+
 fn is_invalid_range<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
     match err {
         SdkError::ServiceError(s) => {
@@ -468,12 +472,20 @@ impl ObjectStore for S3Store {
             Err(e) => return Err(map_err(e, key)),
         };
         let expected = out.content_length.and_then(|n| u64::try_from(n).ok());
-        let body = out
-            .body
-            .collect()
+        // Copied segment by segment into one buffer of the announced size: each segment is
+        // dropped at once, so the HTTP client reuses its read buffer instead of holding the
+        // whole body in fresh ones until `collect` copies it all again.
+        let mut stream = out.body;
+        let cap = expected.unwrap_or(0).min(PREALLOC_MAX) as usize;
+        let mut buf = super::bufpool::pool().take(cap);
+        while let Some(seg) = stream
+            .try_next()
             .await
             .map_err(|e| BackendError::Transient(format!("{key}: reading body: {e}")))?
-            .into_bytes();
+        {
+            buf.extend_from_slice(&seg);
+        }
+        let body = super::bufpool::freeze(buf);
         if let Some(n) = expected {
             if n != body.len() as u64 {
                 return Err(BackendError::Transient(format!(

@@ -200,8 +200,8 @@ impl VolumeKeys {
             let idx32 = index as u32;
             let aad = block_aad(&self.volume_id, id, idx32, last);
             let start = out.len();
-            out.extend_from_slice(ct);
-            aead.open_in_place(&aead.counter_nonce(idx32), &aad, &mut out[start..], tag)
+            out.resize(start + pl, 0);
+            aead.open_into(&aead.counter_nonce(idx32), &aad, ct, tag, &mut out[start..])
                 .map_err(|_| CryptoError::Tampered(format!("{} block {index}", what())))?;
             pos += pl + TAG_LEN;
             index += 1;

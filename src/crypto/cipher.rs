@@ -161,6 +161,35 @@ impl Aead {
         }
     }
 
+    /// Decrypt `ct` into `out` (same length) after checking `tag`; AES-GCM reads the
+    /// ciphertext once instead of copying it first. On failure `out` holds garbage.
+    pub(crate) fn open_into(
+        &self,
+        nonce: &[u8],
+        aad: &[u8],
+        ct: &[u8],
+        tag: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), AuthFailed> {
+        if ct.len() != out.len() {
+            return Err(AuthFailed);
+        }
+        match self {
+            Aead::Aes(c) => {
+                let n = &nonce[..self.cipher().nonce_len()];
+                if tag.len() != TAG_LEN {
+                    return Err(AuthFailed);
+                }
+                c.open_separate_gather(aes_nonce(n), Aad::from(aad), ct, tag, out)
+                    .map_err(|_| AuthFailed)
+            }
+            Aead::XChaCha(_) => {
+                out.copy_from_slice(ct);
+                self.open_in_place(nonce, aad, out, tag)
+            }
+        }
+    }
+
     /// Seal `plaintext` into a new `ciphertext || tag` vector.
     pub(crate) fn seal(&self, nonce: &[u8], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
@@ -226,6 +255,15 @@ mod tests {
             assert!(a.open(&n, b"aad", &s[..10]).is_err());
             let other = Aead::new(c, &[8u8; 32]);
             assert!(other.open(&n, b"aad", &s).is_err());
+            // Out of place: same plaintext, same checks.
+            let (ct, tag) = s.split_at(5);
+            let mut out = [0u8; 5];
+            a.open_into(&n, b"aad", ct, tag, &mut out).unwrap();
+            assert_eq!(&out, b"hello");
+            assert!(a.open_into(&n, b"aae", ct, tag, &mut out).is_err());
+            assert!(a.open_into(&n, b"aad", &bad[..5], tag, &mut out).is_err());
+            assert!(a.open_into(&n, b"aad", ct, &tag[1..], &mut out).is_err());
+            assert!(a.open_into(&n, b"aad", ct, tag, &mut [0u8; 4]).is_err());
         }
     }
 }
