@@ -298,8 +298,18 @@ pub fn open_with(
     source: &KeySource,
     opts: &OpenOptions,
 ) -> Result<Volume> {
-    let cache_dir = opts.cache_dir.clone();
     let keys = Arc::new(unlock(&rt, &store, source)?);
+    open_unlocked(rt, store, keys, opts)
+}
+
+/// `open_with` for keys already unlocked (a command that also works on the store itself).
+pub fn open_unlocked(
+    rt: tokio::runtime::Runtime,
+    store: Arc<dyn ObjectStore>,
+    keys: Arc<VolumeKeys>,
+    opts: &OpenOptions,
+) -> Result<Volume> {
+    let cache_dir = opts.cache_dir.clone();
     let volume_id = hex::encode(keys.volume_id());
     let cache_dir = cache_dir.unwrap_or_else(|| default_cache_dir(&volume_id));
     fs::create_dir_all(&cache_dir).map_err(|e| VolumeError::Local(cache_dir.clone(), e))?;

@@ -907,3 +907,84 @@ fn the_fuse_thread_stops_polling_when_requests_stop() {
     }
     m.unmount();
 }
+
+#[test]
+fn an_idle_mount_repacks_small_files_in_the_background() {
+    require_fuse!("an_idle_mount_repacks_small_files_in_the_background");
+    let _lock = heavy_lock();
+    let work = tempdir();
+    let w = work.path();
+    let store = w.join("store");
+    let vol = Volume::local(&store, Key::Passphrase(PASS.into()));
+    vol.init();
+    let mnt = w.join("mnt");
+    let cache = w.join("cache");
+    fs::create_dir_all(&mnt).unwrap();
+    let mut c = vol.cmd("mount", &[&vol.store, mnt.to_str().unwrap()]);
+    c.arg("--cache-dir")
+        .arg(&cache)
+        .args(["--repack-interval", "1s"])
+        .env("CRYPTBUCKET_TEST_REPACK_MIN_BYTES", "1");
+    let o = run(&mut c, CMD_TIMEOUT);
+    let m = Mount::adopt(&mnt, &cache);
+    o.assert_ok();
+    // Small files (too big to be stored inline) written in a burst share objects (packs);
+    // deleting three in four leaves
+    // packs that are mostly deleted files.
+    let files: Vec<(PathBuf, Vec<u8>)> = (0..400)
+        .map(|i| (mnt.join(format!("f{i:03}")), pattern(6000 + i, i as u8)))
+        .collect();
+    for (p, data) in &files {
+        fs::write(p, data).unwrap();
+    }
+    run(cb().arg("sync").arg(&mnt), CMD_TIMEOUT).assert_ok();
+    for (p, _) in files.iter().skip(1).step_by(4) {
+        fs::remove_file(p).unwrap();
+    }
+    for (p, _) in files.iter().skip(2).step_by(4) {
+        fs::remove_file(p).unwrap();
+    }
+    for (p, _) in files.iter().skip(3).step_by(4) {
+        fs::remove_file(p).unwrap();
+    }
+    let log = m.log_path();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text
+            .lines()
+            .find(|l| l.contains("background repack: rewrote"))
+        {
+            break l.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background repack within 30 s of idling:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!line.contains("rewrote 0 packs"), "{line}");
+    for (p, data) in files.iter().step_by(4) {
+        assert_eq!(
+            &fs::read(p).unwrap(),
+            data,
+            "{} after the repack",
+            p.display()
+        );
+    }
+    m.unmount();
+    // What the repack committed reads back from the store alone, and nothing is damaged.
+    let m = vol.mount(&mnt, &w.join("cache2"));
+    for (p, data) in files.iter().step_by(4) {
+        assert_eq!(
+            &fs::read(p).unwrap(),
+            data,
+            "{} after a remount",
+            p.display()
+        );
+    }
+    m.unmount();
+    let o = run(&mut vol.cmd("fsck", &[&vol.store, "--full"]), CMD_TIMEOUT);
+    o.assert_ok();
+    assert!(o.stdout.contains("0 errors"), "{o}");
+}

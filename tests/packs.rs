@@ -390,6 +390,110 @@ fn gc_on_a_live_mount_repacks_packs_that_are_mostly_deleted_files() {
 }
 
 #[test]
+fn background_repack_waits_for_enough_to_gain_stops_when_asked_and_fetches_each_pack_once() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("store");
+    let (store, files) = setup(&dir);
+    let cache = tempdir();
+    let v = open(&store, cache.path());
+    let d = v.vfs.lookup(ROOT_INO, b"d").unwrap();
+    for (i, (name, _, _)) in files.iter().enumerate() {
+        if i % 4 != 0 {
+            v.vfs.unlink(d.ino, name.as_bytes()).unwrap();
+        }
+    }
+    v.vfs.sync_all().unwrap();
+    let before = objects(&dir);
+    let (packs, dead) = v.vfs.repack(true).unwrap();
+    assert!(packs >= 2 && dead > 100_000, "{packs} {dead}");
+    let go = AtomicBool::new(false);
+
+    // Less to gain than the bound: nothing is read or written.
+    let gets = store.chunk_gets.load(Ordering::SeqCst);
+    assert_eq!(v.vfs.auto_repack(dead + 1, &go).unwrap(), None);
+    assert_eq!(store.chunk_gets.load(Ordering::SeqCst), gets);
+    assert_eq!(objects(&dir), before);
+
+    // Asked to stop (the mount is unmounting): it stops before the first pack.
+    let stop = AtomicBool::new(true);
+    assert_eq!(v.vfs.auto_repack(dead, &stop).unwrap(), Some((0, 0)));
+    assert_eq!(objects(&dir), before);
+
+    let r = v.vfs.auto_repack(dead, &go).unwrap();
+    assert_eq!(r, Some((packs, dead)));
+    let fetched = store.chunk_gets.load(Ordering::SeqCst) - gets;
+    assert!(
+        fetched <= packs,
+        "{fetched} chunk GETs for {packs} packs: one per pack, not one per file"
+    );
+    assert_eq!(
+        v.vfs.repack(true).unwrap(),
+        (0, 0),
+        "the new packs are dense"
+    );
+    v.unmount().unwrap();
+    assert!(objects(&dir).len() < before.len());
+    let fresh = tempdir();
+    let v = open(&store, fresh.path());
+    for (name, ino, data) in files.iter().step_by(4) {
+        assert_eq!(&vfs_read_all(&v.vfs, *ino), data, "{name} after a remount");
+    }
+    v.unmount().unwrap();
+}
+
+#[test]
+fn gc_of_an_unmounted_volume_repacks_too() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("store");
+    let (store, files) = setup(&dir);
+    let cache = tempdir();
+    let v = open(&store, cache.path());
+    let d = v.vfs.lookup(ROOT_INO, b"d").unwrap();
+    for (i, (name, _, _)) in files.iter().enumerate() {
+        if i % 4 != 0 {
+            v.vfs.unlink(d.ino, name.as_bytes()).unwrap();
+        }
+    }
+    v.vfs.sync_all().unwrap();
+    let (packs, dead) = v.vfs.repack(true).unwrap();
+    assert!(packs >= 2, "{packs}");
+    v.unmount().unwrap();
+    let before = objects(&dir).len();
+
+    let dry = cb_with_passphrase("gc", &dir, PASS, &["--dry-run"]);
+    dry.assert_ok();
+    assert!(
+        dry.stdout.contains(&format!(
+            "would repack {packs} packs that are mostly deleted files ({dead} bytes"
+        )),
+        "{dry}"
+    );
+    assert_eq!(objects(&dir).len(), before, "a dry run changes nothing");
+    let o = cb_with_passphrase("gc", &dir, PASS, &["--min-age", "0"]);
+    o.assert_ok();
+    assert!(o.stdout.contains(&format!("repacked {packs} packs")), "{o}");
+    // The old packs are now unreferenced: the next gc deletes them.
+    cb_with_passphrase("gc", &dir, PASS, &["--min-age", "0"]).assert_ok();
+    let after = objects(&dir).len();
+    assert!(after < before, "{before} objects before, {after} after");
+
+    let fresh = tempdir();
+    let v = open(&store, fresh.path());
+    assert_eq!(
+        v.vfs.repack(true).unwrap(),
+        (0, 0),
+        "the new packs are dense"
+    );
+    for (name, ino, data) in files.iter().step_by(4) {
+        assert_eq!(&vfs_read_all(&v.vfs, *ino), data, "{name} after the repack");
+    }
+    v.unmount().unwrap();
+    let o = fsck(&dir, &["--full"]);
+    o.assert_ok();
+    assert!(o.stdout.contains("0 errors"), "{o}");
+}
+
+#[test]
 fn rekey_reseals_packs_whole_and_every_file_reads_back() {
     let tmp = tempdir();
     let dir = tmp.path().join("store");

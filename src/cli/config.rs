@@ -73,6 +73,9 @@ pub struct VolumeConfig {
     /// Seconds a store request keeps being retried (`--io-timeout`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub io_timeout: Option<u64>,
+    /// Idle time before sparse packs are rewritten ("15m", "0" = never; `--repack-interval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repack_interval: Option<String>,
     /// (S3) PEM file of trusted CA certificates, replacing the system roots (`--ca-bundle`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<PathBuf>,
@@ -172,6 +175,9 @@ impl VolumeConfig {
         }
         if let Some(t) = &self.idle_timeout {
             super::idle::parse_duration(t).map_err(|e| problem(&["idle_timeout"], e))?;
+        }
+        if let Some(t) = &self.repack_interval {
+            super::idle::parse_duration(t).map_err(|e| problem(&["repack_interval"], e))?;
         }
         if self
             .commit_interval
@@ -364,6 +370,7 @@ pub struct Applied {
     pub cache_size: Option<u64>,
     pub staging_size: Option<u64>,
     pub spin_us: Option<u64>,
+    pub repack_interval: Option<std::time::Duration>,
 }
 
 /// If `store.store` names a volume of the configuration, replace it with that volume's store
@@ -467,6 +474,10 @@ pub fn merge(
         cache_size: size(&v.cache_size),
         staging_size: size(&v.staging_size),
         spin_us: v.spin_us,
+        repack_interval: v
+            .repack_interval
+            .as_deref()
+            .and_then(|t| super::idle::parse_duration(t).ok()),
     }
 }
 
@@ -491,6 +502,9 @@ pub fn apply_mount(args: &mut MountArgs) -> Result<PathBuf> {
     }
     if args.spin_us.is_none() {
         args.spin_us = applied.spin_us;
+    }
+    if args.repack_interval.is_none() {
+        args.repack_interval = applied.repack_interval;
     }
     if args.mountpoint.is_none() {
         args.mountpoint = applied.mountpoint;

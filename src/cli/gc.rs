@@ -33,7 +33,7 @@ pub struct GcArgs {
     pub break_lease: bool,
 }
 
-fn print(r: &GcReport, dry: bool, min_age: u64, live: bool) {
+fn print(r: &GcReport, dry: bool, min_age: u64) {
     println!(
         "{} {} unreferenced chunk objects ({} bytes); {} unreferenced but younger than {min_age} s kept; {} referenced",
         if dry { "would free" } else { "freed" },
@@ -43,13 +43,9 @@ fn print(r: &GcReport, dry: bool, min_age: u64, live: bool) {
         r.referenced
     );
     if r.sparse_packs > 0 {
-        let what = match (live, dry) {
-            (true, false) => "repacked",
-            (true, true) => "would repack",
-            (false, _) => "found (run gc with the mountpoint of a mount to repack them)",
-        };
+        let what = if dry { "would repack" } else { "repacked" };
         println!(
-            "{what} {} packs that are mostly deleted files ({} bytes, freed 10 minutes after the next commit)",
+            "{what} {} packs that are mostly deleted files ({} bytes to free: the old packs go at the first commit or gc after their 10-minute grace period)",
             r.sparse_packs, r.sparse_bytes
         );
     }
@@ -62,7 +58,7 @@ pub fn run(mut args: GcArgs) -> Result<()> {
         let sock = control::socket_path(&mnt);
         if sock.exists() {
             let r = control::gc(&sock, args.min_age, args.dry_run)?;
-            print(&r, args.dry_run, args.min_age, true);
+            print(&r, args.dry_run, args.min_age);
             return Ok(());
         }
     }
@@ -119,7 +115,37 @@ pub fn run(mut args: GcArgs) -> Result<()> {
         Ok(report)
     })();
     lease.release();
-    let report = res?;
-    print(&report, args.dry_run, args.min_age, false);
+    let mut report = res?;
+    if !args.dry_run && report.sparse_packs > 0 {
+        (report.sparse_packs, report.sparse_bytes) = repack_offline(rt, store, keys)?;
+    }
+    print(&report, args.dry_run, args.min_age);
     Ok(())
+}
+
+/// Repack an unmounted volume: open it as a mount would (without FUSE, in a throwaway
+/// cache dir, so no one's local state is touched) and run the live mount's repack, then
+/// commit and let go. The old packs wait out the grace period like any dead chunk.
+fn repack_offline(
+    rt: tokio::runtime::Runtime,
+    store: std::sync::Arc<dyn cryptbucket::backend::ObjectStore>,
+    keys: std::sync::Arc<cryptbucket::crypto::VolumeKeys>,
+) -> Result<(u64, u64)> {
+    let dir = std::env::temp_dir().join(format!(
+        "cryptbucket-gc-{}",
+        cryptbucket::crypto::ChunkId::random().to_hex()
+    ));
+    let opts = cryptbucket::volume::OpenOptions {
+        cache_dir: Some(dir.clone()),
+        ..Default::default()
+    };
+    let res = (|| -> Result<(u64, u64)> {
+        let vol = cryptbucket::volume::open_unlocked(rt, store, keys, &opts)
+            .context("cannot open the volume to repack it")?;
+        let r = vol.vfs.repack(false);
+        vol.unmount().context("cannot commit the repack")?;
+        Ok(r?)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    res
 }

@@ -81,8 +81,45 @@ pub struct MountArgs {
     #[arg(long, value_name = "MICROS",
           value_parser = clap::value_parser!(u64).range(0..=cryptbucket::fuse::SPIN_US_MAX))]
     pub spin_us: Option<u64>,
+    /// While the mount has been idle this long, rewrite the packs of small files that are
+    /// at least half deleted files, once they hold 16 MiB or more that could be freed
+    /// (e.g. 15m, 1h; default 15m; 0 = never: only `cryptbucket gc` repacks).
+    #[arg(long, value_name = "DURATION", value_parser = super::idle::parse_duration)]
+    pub repack_interval: Option<Duration>,
     #[arg(long, hide = true)]
     pub daemon_child: bool,
+}
+
+/// Idle time before a mount rewrites its sparse packs (`--repack-interval`).
+const DEFAULT_REPACK_INTERVAL: Duration = Duration::from_secs(15 * 60);
+
+/// Run one background repack (src/vfs/repack.rs) on its own thread: it reads and uploads
+/// for as long as it takes, and the serving loop must keep renewing the lease meanwhile.
+fn start_repack(
+    vfs: Arc<cryptbucket::vfs::Vfs>,
+    stop: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    // Tests lower the bound to see a repack of a few small files.
+    let min = std::env::var("CRYPTBUCKET_TEST_REPACK_MIN_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cryptbucket::vfs::AUTO_REPACK_MIN_BYTES);
+    let run = move || {
+        match vfs.auto_repack(min, &stop) {
+        Ok(Some((packs, bytes))) => tracing::info!(
+            "background repack: rewrote {packs} packs of small files; {bytes} bytes of deleted files in them are freed after the grace period"
+        ),
+        Ok(None) => tracing::debug!("background repack: too little to gain"),
+        Err(e) => tracing::warn!("background repack failed (will try again later): {e}"),
+    }
+    };
+    match std::thread::Builder::new().name("repack".into()).spawn(run) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!("cannot start the background repack: {e}");
+            None
+        }
+    }
 }
 
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
@@ -392,6 +429,15 @@ fn serve(
     ] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
+    let repack_every = match args.repack_interval {
+        _ if args.read_only => None,
+        None => Some(DEFAULT_REPACK_INTERVAL),
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+    };
+    let repack_stop = Arc::new(AtomicBool::new(false));
+    let mut repacker: Option<std::thread::JoinHandle<()>> = None;
+    let mut last_repack = Instant::now();
     let mut last_commit = Instant::now();
     let mut last_renew = Instant::now();
     let mut last_follow = Instant::now();
@@ -434,6 +480,15 @@ fn serve(
             notifier.commit_result(r.err().map(|e| e.to_string()).as_deref());
             last_commit = Instant::now();
         }
+        if let Some(every) = repack_every {
+            if last_repack.elapsed() >= every
+                && activity.idle_for() >= every
+                && repacker.as_ref().is_none_or(|h| h.is_finished())
+            {
+                last_repack = Instant::now();
+                repacker = start_repack(vol.vfs.clone(), repack_stop.clone());
+            }
+        }
         notifier.store_state(counters.failing());
         if idle_due(idle_timeout, &activity, &vol.vfs) {
             tracing::info!(
@@ -449,6 +504,12 @@ fn serve(
         }
     }
     drop(session);
+    // A background repack stops after the pack it is copying; its swaps are then committed
+    // with everything else.
+    repack_stop.store(true, Ordering::SeqCst);
+    if let Some(h) = repacker {
+        let _ = h.join();
+    }
     tracing::info!("unmounted; writing everything to the store");
     let res = flush_with_retries(&vol.vfs, &flush_until);
     // The socket outlives the FUSE session so `unmount` can show the final upload's progress.

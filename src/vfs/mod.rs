@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 
 pub use error::{Result, VfsError};
 use files::{OpenFile, WriteBack};
+pub use repack::AUTO_REPACK_MIN_BYTES;
 
 use crate::data::{CacheStats, ChunkStore, Staging};
 use crate::meta::remote::RemoteMeta;

@@ -2,12 +2,17 @@
 //! packs that are at least half deleted files, copying the chunks still in use into new
 //! packs (through the normal upload path) and pointing their files at the copies.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
 use super::{Result, Vfs};
 use crate::gc::is_sparse;
 use crate::meta::ChunkRef;
+
+/// Bytes of deleted files in sparse packs below which a background repack does nothing:
+/// freeing less is not worth its downloads and uploads.
+pub const AUTO_REPACK_MIN_BYTES: u64 = 16 << 20;
 
 /// Bytes of chunks being copied at once (each is read into memory first).
 const REPACK_IN_FLIGHT: u64 = 64 << 20;
@@ -16,6 +21,21 @@ impl Vfs {
     /// Rewrite (or, with `dry_run`, count) the sparse packs: (packs, bytes of deleted files
     /// in them). A pack with a file that is open or has writes pending is left for later.
     pub fn repack(&self, dry_run: bool) -> Result<(u64, u64)> {
+        self.repack_until(dry_run, &AtomicBool::new(false))
+    }
+
+    /// The background repack of a mount: when the sparse packs hold at least `min_bytes`
+    /// of deleted files, rewrite them, stopping between packs once `stop` is set. None
+    /// when there is too little to gain for the downloads and uploads it costs.
+    pub fn auto_repack(&self, min_bytes: u64, stop: &AtomicBool) -> Result<Option<(u64, u64)>> {
+        let (_, bytes) = self.repack(true)?;
+        if bytes < min_bytes {
+            return Ok(None);
+        }
+        self.repack_until(false, stop).map(Some)
+    }
+
+    fn repack_until(&self, dry_run: bool, stop: &AtomicBool) -> Result<(u64, u64)> {
         let (mut packs, mut bytes) = (0, 0);
         let (tx, rx) = mpsc::channel::<u64>();
         let mut in_flight = 0u64;
@@ -26,10 +46,20 @@ impl Vfs {
             if !is_sparse(live, len) || members.iter().any(|(ino, _)| self.wb.is_tracked(*ino)) {
                 continue;
             }
+            if dry_run {
+                packs += 1;
+                bytes += len - live;
+                continue;
+            }
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
             packs += 1;
             bytes += len - live;
-            if dry_run {
-                continue;
+            if members.len() > 1 {
+                // One GET for the whole pack instead of a ranged one per member: the reads
+                // below wait for this download.
+                self.data.prefetch(vec![members[0].1.clone()], false);
             }
             for (ino, old) in members {
                 // A damaged pack is left as it is, for fsck to report.

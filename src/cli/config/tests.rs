@@ -25,6 +25,7 @@ fn full(store: &str) -> VolumeConfig {
         staging_size: Some("512M".into()),
         spin_us: Some(20),
         io_timeout: Some(120),
+        repack_interval: Some("1h".into()),
         ca_bundle: Some("/etc/ssl/private-ca.pem".into()),
         sse: Some("aws:kms".into()),
         sse_kms_key_id: Some("alias/backup".into()),
@@ -216,6 +217,10 @@ fn the_file_fills_in_what_the_command_line_left_out() {
     assert_eq!(applied.cache_size, Some(10 << 30));
     assert_eq!(applied.staging_size, Some(512 << 20));
     assert_eq!(applied.spin_us, Some(20));
+    assert_eq!(
+        applied.repack_interval,
+        Some(std::time::Duration::from_secs(3600))
+    );
     assert_eq!(s.io_timeout, Some(120));
     assert_eq!(s.s3.ca_bundle, v.ca_bundle);
     assert_eq!(s.s3.sse.as_deref(), Some("aws:kms"));
@@ -304,6 +309,11 @@ fn idle_timeout_and_notify_reach_mount() {
     let e = err("[volumes.a]\nstore = \"/srv/a\"\nidle_timeout = \"10 parsecs\"\n");
     assert!(
         e.contains("idle_timeout") && e.contains("not a duration"),
+        "{e}"
+    );
+    let e = err("[volumes.a]\nstore = \"/srv/a\"\nrepack_interval = \"often\"\n");
+    assert!(
+        e.contains("line 3, volume `a`, key `repack_interval`") && e.contains("not a duration"),
         "{e}"
     );
     let e = err("[volumes.a]\nstore = \"/srv/a\"\nnotify = \"yes\"\n");
