@@ -150,6 +150,18 @@ fn setup(dir: &Path) -> (Arc<Hold>, Vec<File>) {
     (store, files)
 }
 
+/// Delete all but every fourth file of `setup` and sync: every pack is then about three
+/// quarters deleted files.
+fn delete_three_in_four(v: &Volume, files: &[File]) {
+    let d = v.vfs.lookup(ROOT_INO, b"d").unwrap();
+    for (i, (name, _, _)) in files.iter().enumerate() {
+        if i % 4 != 0 {
+            v.vfs.unlink(d.ino, name.as_bytes()).unwrap();
+        }
+    }
+    v.vfs.sync_all().unwrap();
+}
+
 fn fsck(dir: &Path, extra: &[&str]) -> Outcome {
     cb_with_passphrase("fsck", dir, PASS, extra)
 }
@@ -309,15 +321,8 @@ fn gc_on_a_live_mount_repacks_packs_that_are_mostly_deleted_files() {
     let (store, files) = setup(&dir);
     let cache = tempdir();
     let v = open(&store, cache.path());
-    let d = v.vfs.lookup(ROOT_INO, b"d").unwrap();
-    // Keep every fourth file: every pack is then about three quarters dead.
     let kept: Vec<&File> = files.iter().step_by(4).collect();
-    for (i, (name, _, _)) in files.iter().enumerate() {
-        if i % 4 != 0 {
-            v.vfs.unlink(d.ino, name.as_bytes()).unwrap();
-        }
-    }
-    v.vfs.sync_all().unwrap();
+    delete_three_in_four(&v, &files);
     let before = objects(&dir).len();
     // A file held open keeps its pack as it is (its chunk refs live in memory).
     let held = &kept[kept.len() / 2];
@@ -396,13 +401,7 @@ fn background_repack_waits_for_enough_to_gain_stops_when_asked_and_fetches_each_
     let (store, files) = setup(&dir);
     let cache = tempdir();
     let v = open(&store, cache.path());
-    let d = v.vfs.lookup(ROOT_INO, b"d").unwrap();
-    for (i, (name, _, _)) in files.iter().enumerate() {
-        if i % 4 != 0 {
-            v.vfs.unlink(d.ino, name.as_bytes()).unwrap();
-        }
-    }
-    v.vfs.sync_all().unwrap();
+    delete_three_in_four(&v, &files);
     let before = objects(&dir);
     let (packs, dead) = v.vfs.repack(true).unwrap();
     assert!(packs >= 2 && dead > 100_000, "{packs} {dead}");
@@ -448,13 +447,7 @@ fn gc_of_an_unmounted_volume_repacks_too() {
     let (store, files) = setup(&dir);
     let cache = tempdir();
     let v = open(&store, cache.path());
-    let d = v.vfs.lookup(ROOT_INO, b"d").unwrap();
-    for (i, (name, _, _)) in files.iter().enumerate() {
-        if i % 4 != 0 {
-            v.vfs.unlink(d.ino, name.as_bytes()).unwrap();
-        }
-    }
-    v.vfs.sync_all().unwrap();
+    delete_three_in_four(&v, &files);
     let (packs, dead) = v.vfs.repack(true).unwrap();
     assert!(packs >= 2, "{packs}");
     v.unmount().unwrap();

@@ -92,6 +92,8 @@ pub struct MountArgs {
 
 /// Idle time before a mount rewrites its sparse packs (`--repack-interval`).
 const DEFAULT_REPACK_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// A FUSE request this recent stops a background repack (after the pack in hand).
+const REPACK_YIELD: Duration = Duration::from_secs(1);
 
 /// Run one background repack (src/vfs/repack.rs) on its own thread: it reads and uploads
 /// for as long as it takes, and the serving loop must keep renewing the lease meanwhile.
@@ -435,8 +437,8 @@ fn serve(
         Some(d) if d.is_zero() => None,
         Some(d) => Some(d),
     };
-    let repack_stop = Arc::new(AtomicBool::new(false));
-    let mut repacker: Option<std::thread::JoinHandle<()>> = None;
+    // The running background repack and its stop flag.
+    let mut repacker: Option<(std::thread::JoinHandle<()>, Arc<AtomicBool>)> = None;
     let mut last_repack = Instant::now();
     let mut last_commit = Instant::now();
     let mut last_renew = Instant::now();
@@ -481,12 +483,18 @@ fn serve(
             last_commit = Instant::now();
         }
         if let Some(every) = repack_every {
-            if last_repack.elapsed() >= every
-                && activity.idle_for() >= every
-                && repacker.as_ref().is_none_or(|h| h.is_finished())
-            {
-                last_repack = Instant::now();
-                repacker = start_repack(vol.vfs.clone(), repack_stop.clone());
+            match &repacker {
+                // The mount is in use again: the repack yields after the pack in hand.
+                Some((h, stop)) if !h.is_finished() && activity.idle_for() < REPACK_YIELD => {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                Some((h, _)) if !h.is_finished() => {}
+                _ if last_repack.elapsed() >= every && activity.idle_for() >= every => {
+                    last_repack = Instant::now();
+                    let stop = Arc::new(AtomicBool::new(false));
+                    repacker = start_repack(vol.vfs.clone(), stop.clone()).map(|h| (h, stop));
+                }
+                _ => {}
             }
         }
         notifier.store_state(counters.failing());
@@ -506,8 +514,8 @@ fn serve(
     drop(session);
     // A background repack stops after the pack it is copying; its swaps are then committed
     // with everything else.
-    repack_stop.store(true, Ordering::SeqCst);
-    if let Some(h) = repacker {
+    if let Some((h, stop)) = repacker {
+        stop.store(true, Ordering::SeqCst);
         let _ = h.join();
     }
     tracing::info!("unmounted; writing everything to the store");
