@@ -562,6 +562,10 @@ bench_fs() { # FS MiB N
         rec "$fs" direct_mbs "$(direct_download)"
     fi
     rm -f "$mnt/big"
+    # The big file's deletion reaches the store before the untar's requests are counted.
+    "$flush" "$mnt" >/dev/null
+    local r_untar
+    r_untar=$(cb_requests "$fs" "$mnt")
 
     log "$fs: untar $n files"
     cat "$tar" >/dev/null
@@ -570,7 +574,9 @@ bench_fs() { # FS MiB N
     rec "$fs" untar_fps "$(div "$n" "$t_w")"
     timed "$flush" "$mnt"
     t_f=$T
-    rec "$fs" req_untar "$(cb_requests "$fs" "$mnt")"
+    # Counted from just before the untar (until 2026-12-01 from the mount, so the cold read's
+    # GETs of the big file were in it: 64 with 256 MiB, 256 with 1 GiB).
+    [ -n "$r_untar" ] && rec "$fs" req_untar "$(($(cb_requests "$fs" "$mnt") - r_untar))"
     timed "unmount_$fs" "$mnt"
     rec "$fs" untar_durable_fps "$(div "$n" "$(add "$t_w" "$(add "$t_f" "$T")")")"
 
