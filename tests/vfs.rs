@@ -471,6 +471,37 @@ fn writer_lease_refuses_a_second_mount_and_is_released() {
     third.vfs.shutdown().unwrap();
 }
 
+/// Work after the serving loop (final flush at unmount, gc of an unmounted volume) keeps the
+/// lease alive with a background renewer, and no renewal happens once the guard is dropped.
+#[test]
+fn a_background_renewer_keeps_the_lease_until_dropped() {
+    let fx = Fixture::new(small_params(Cipher::Aes256Gcm));
+    let dir = tempfile::tempdir().unwrap();
+    let opts = volume::OpenOptions {
+        cache_dir: Some(dir.path().to_owned()),
+        lease_ttl: std::time::Duration::from_secs(1),
+        ..volume::OpenOptions::default()
+    };
+    let v = volume::open_with(volume::runtime().unwrap(), fx.store.clone(), &key(), &opts).unwrap();
+    let renewer = v
+        .lease
+        .renew_in_background(std::time::Duration::from_millis(200));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (_, fh) = v.vfs.create(&CTX, ROOT_INO, b"kept", 0o644).unwrap();
+    v.vfs.release(fh).unwrap();
+    v.vfs
+        .commit()
+        .expect("renewed in the background: the commit goes through");
+    drop(renewer);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (_, fh) = v.vfs.create(&CTX, ROOT_INO, b"late", 0o644).unwrap();
+    v.vfs.release(fh).unwrap();
+    assert!(
+        v.vfs.commit().is_err(),
+        "no renewal after the guard is dropped: the lease ran out"
+    );
+}
+
 /// READDIRPLUS and the FUSE-thread fast paths (`*_nowait`) must answer exactly what the
 /// ordinary calls answer, including a file whose written size is not recorded yet.
 #[test]

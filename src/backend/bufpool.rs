@@ -16,9 +16,11 @@ use parking_lot::Mutex;
 const MIN_POOLED: usize = 256 << 10;
 /// Most bytes kept idle in the pool: a read-ahead window's worth of downloads in turn.
 const MAX_IDLE_BYTES: usize = 32 << 20;
+/// Bigger buffers are not kept (one would take half the idle budget).
+const MAX_POOLED: usize = 16 << 20;
 /// New buffers are rounded up to this, so bodies of padded, slightly different sizes fit
 /// each other's buffers.
-const ROUND: usize = 1 << 20;
+const ROUND: usize = 64 << 10;
 
 pub(crate) struct BufPool {
     free: Mutex<Vec<Vec<u8>>>,
@@ -40,10 +42,12 @@ impl BufPool {
             return Vec::with_capacity(len);
         }
         let mut free = self.free.lock();
+        // At most a quarter more than asked: memory is accounted by body length (the
+        // read-ahead bound), so a much bigger buffer would be memory nobody counts.
         let best = free
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
+            .filter(|(_, b)| b.capacity() >= len && b.capacity() <= len + len / 4)
             .min_by_key(|(_, b)| b.capacity())
             .map(|(i, _)| i);
         match best {
@@ -53,7 +57,7 @@ impl BufPool {
     }
 
     fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() < MIN_POOLED {
+        if !(MIN_POOLED..=MAX_POOLED).contains(&buf.capacity()) {
             return;
         }
         buf.clear();
@@ -129,7 +133,7 @@ mod tests {
         drop(part);
         assert_eq!(p.idle_bytes(), 3 << 20);
         // The next body that fits gets the same memory, empty.
-        let again = p.take((2 << 20) + 5);
+        let again = p.take((3 << 20) - 5);
         assert_eq!(again.as_ptr(), ptr);
         assert!(again.is_empty());
         assert_eq!(p.idle_bytes(), 0);
@@ -157,6 +161,15 @@ mod tests {
         let small = p.take(1000);
         assert!(small.capacity() < MIN_POOLED);
         drop(freeze_into(p, small));
+        assert_eq!(p.idle_bytes(), 6 << 20);
+        // A buffer much bigger than the body is not handed out, nor a huge one kept.
+        assert_eq!(
+            p.take(1 << 20).capacity(),
+            1 << 20,
+            "a new one, not a 3 MiB one"
+        );
+        assert_eq!(p.idle_bytes(), 6 << 20);
+        p.give(Vec::with_capacity(MAX_POOLED + 1));
         assert_eq!(p.idle_bytes(), 6 << 20);
     }
 }

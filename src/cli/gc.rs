@@ -34,6 +34,11 @@ pub struct GcArgs {
 }
 
 fn print(r: &GcReport, dry: bool, min_age: u64) {
+    print_freed(r, dry, min_age);
+    print_repacked(r, dry);
+}
+
+fn print_freed(r: &GcReport, dry: bool, min_age: u64) {
     println!(
         "{} {} unreferenced chunk objects ({} bytes); {} unreferenced but younger than {min_age} s kept; {} referenced",
         if dry { "would free" } else { "freed" },
@@ -42,6 +47,9 @@ fn print(r: &GcReport, dry: bool, min_age: u64) {
         r.kept_young,
         r.referenced
     );
+}
+
+fn print_repacked(r: &GcReport, dry: bool) {
     if r.sparse_packs > 0 {
         let what = if dry { "would repack" } else { "repacked" };
         println!(
@@ -70,7 +78,7 @@ pub fn run(mut args: GcArgs) -> Result<()> {
     let keys = std::sync::Arc::new(cryptbucket::volume::unlock(&rt, &store, &key)?);
     drop(key);
     let holder = format!("gc-{}", cryptbucket::crypto::ChunkId::random().to_hex());
-    let lease = Lease::acquire(
+    let lease = std::sync::Arc::new(Lease::acquire(
         store.clone(),
         keys.clone(),
         rt.handle().clone(),
@@ -78,7 +86,9 @@ pub fn run(mut args: GcArgs) -> Result<()> {
         DEFAULT_LEASE_TTL,
         args.break_lease,
     )
-    .context("cannot take the writer lease (if the volume is mounted, run gc with its mountpoint on that machine)")?;
+    .context("cannot take the writer lease (if the volume is mounted, run gc with its mountpoint on that machine)")?);
+    // A collection of many objects outlasts the lease.
+    let renewer = lease.renew_in_background(LEASE_RENEW_EVERY);
     let res = (|| -> Result<GcReport> {
         let listing = rt.block_on(store.list(CHUNK_PREFIX))?;
         let now = SystemTime::now();
@@ -114,38 +124,48 @@ pub fn run(mut args: GcArgs) -> Result<()> {
         }
         Ok(report)
     })();
+    drop(renewer);
     lease.release();
     let mut report = res?;
-    if !args.dry_run && report.sparse_packs > 0 {
-        (report.sparse_packs, report.sparse_bytes) = repack_offline(rt, store, keys)?;
+    print_freed(&report, args.dry_run, args.min_age);
+    if args.dry_run || report.sparse_packs == 0 {
+        print_repacked(&report, args.dry_run);
+        return Ok(());
     }
-    print(&report, args.dry_run, args.min_age);
+    if args.break_lease {
+        // The mount whose lease was broken may have crashed with changes it never
+        // committed; moving the head now would make its cache dir drop them at its next
+        // mount. Collecting garbage above never moves the head.
+        println!(
+            "not repacking {} packs that are mostly deleted files ({} bytes): --break-lease was given, so a crashed mount may still hold uncommitted changes; mount the volume (from that cache dir if it is on this machine) and run gc again",
+            report.sparse_packs, report.sparse_bytes
+        );
+        return Ok(());
+    }
+    (report.sparse_packs, report.sparse_bytes) = repack_offline(rt, store, keys)?;
+    print_repacked(&report, false);
     Ok(())
 }
 
-/// Repack an unmounted volume: open it as a mount would (without FUSE, in a throwaway
-/// cache dir, so no one's local state is touched) and run the live mount's repack, then
-/// commit and let go. The old packs wait out the grace period like any dead chunk.
+/// How often gc renews the lease it holds.
+const LEASE_RENEW_EVERY: Duration = Duration::from_secs(20);
+
+/// Repack an unmounted volume: open it as a mount would, without FUSE, in the volume's
+/// default cache dir (where a mount keeps it unless told otherwise: the metadata is loaded
+/// from the store only the first time, and the old packs' deletion schedule stays there
+/// for the next mount or gc to carry out), run the live mount's repack, commit, let go.
 fn repack_offline(
     rt: tokio::runtime::Runtime,
     store: std::sync::Arc<dyn cryptbucket::backend::ObjectStore>,
     keys: std::sync::Arc<cryptbucket::crypto::VolumeKeys>,
 ) -> Result<(u64, u64)> {
-    let dir = std::env::temp_dir().join(format!(
-        "cryptbucket-gc-{}",
-        cryptbucket::crypto::ChunkId::random().to_hex()
-    ));
-    let opts = cryptbucket::volume::OpenOptions {
-        cache_dir: Some(dir.clone()),
-        ..Default::default()
-    };
-    let res = (|| -> Result<(u64, u64)> {
-        let vol = cryptbucket::volume::open_unlocked(rt, store, keys, &opts)
-            .context("cannot open the volume to repack it")?;
-        let r = vol.vfs.repack(false);
-        vol.unmount().context("cannot commit the repack")?;
-        Ok(r?)
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    res
+    let vol = cryptbucket::volume::open_unlocked(rt, store, keys, &Default::default())
+        .context("cannot open the volume to repack it")?;
+    let renewer = vol.lease.renew_in_background(LEASE_RENEW_EVERY);
+    let r = vol.vfs.repack(false);
+    let shut = vol.vfs.shutdown();
+    drop(renewer);
+    vol.lease.release();
+    shut.context("cannot commit the repack")?;
+    Ok(r?)
 }

@@ -512,6 +512,12 @@ fn serve(
         }
     }
     drop(session);
+    // The serving loop renewed the lease; the repack's last pack and the final flush can
+    // take longer than the lease lives (a slow store, retries).
+    let renewer = vol
+        .lease
+        .is_held()
+        .then(|| vol.lease.renew_in_background(LEASE_RENEW_INTERVAL));
     // A background repack stops after the pack it is copying; its swaps are then committed
     // with everything else.
     if let Some((h, stop)) = repacker {
@@ -520,6 +526,8 @@ fn serve(
     }
     tracing::info!("unmounted; writing everything to the store");
     let res = flush_with_retries(&vol.vfs, &flush_until);
+    // No renewal may follow the release below.
+    drop(renewer);
     // The socket outlives the FUSE session so `unmount` can show the final upload's progress.
     let _ = std::fs::remove_file(super::control::socket_path(&mnt));
     match &res {

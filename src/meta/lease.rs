@@ -315,6 +315,33 @@ impl Lease {
         self.info.lock().clone()
     }
 
+    /// Renew the lease every `every` on a thread of its own until the returned guard is
+    /// dropped: for long work after (or without) a serving loop that renews it, such as a
+    /// final flush at unmount or `gc` of an unmounted volume. Drop the guard before
+    /// `release`.
+    pub fn renew_in_background(self: &Arc<Self>, every: Duration) -> Renewer {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let lease = self.clone();
+        let run = move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                if let Err(e) = lease.renew() {
+                    tracing::warn!("could not renew the writer lease: {e}");
+                }
+            }
+        };
+        let handle = match std::thread::Builder::new().name("lease".into()).spawn(run) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!("cannot start renewing the writer lease: {e}");
+                None
+            }
+        };
+        Renewer {
+            stop: Some(tx),
+            handle,
+        }
+    }
+
     /// Give the lease up (at unmount).
     pub fn release(&self) {
         if self.lost.load(Ordering::SeqCst) {
@@ -322,6 +349,22 @@ impl Lease {
         }
         if let Err(e) = self.rt.block_on(self.store.delete(LEASE_KEY)) {
             tracing::warn!("could not release the writer lease: {e}");
+        }
+    }
+}
+
+/// Keeps a lease renewed while it lives (`Lease::renew_in_background`).
+pub struct Renewer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        // Closing the channel wakes the thread at once; no renewal starts after the join.
+        drop(self.stop.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
         }
     }
 }

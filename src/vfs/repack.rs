@@ -54,22 +54,27 @@ impl Vfs {
             if stop.load(Ordering::SeqCst) {
                 break;
             }
-            packs += 1;
-            bytes += len - live;
             if members.len() > 1 {
                 // One GET for the whole pack instead of a ranged one per member: the reads
                 // below wait for this download.
                 self.data.prefetch(vec![members[0].1.clone()], false);
             }
-            for (ino, old) in members {
-                // A damaged pack is left as it is, for fsck to report.
-                let data = match self.data.read(&old, 0, old.plain_len) {
-                    Ok(d) => Arc::new(d),
-                    Err(e) => {
-                        tracing::warn!("repack: cannot read chunk {} of inode {ino}: {e}", old.idx);
-                        continue;
-                    }
-                };
+            // Every live chunk is read first: a damaged pack is left whole, for fsck to
+            // report, and not counted as repacked.
+            let read: std::result::Result<Vec<Arc<Vec<u8>>>, _> = members
+                .iter()
+                .map(|(_, c)| self.data.read(c, 0, c.plain_len).map(Arc::new))
+                .collect();
+            let datas = match read {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!("repack: cannot read a pack (left as it is): {e}");
+                    continue;
+                }
+            };
+            packs += 1;
+            bytes += len - live;
+            for ((ino, old), data) in members.into_iter().zip(datas) {
                 let n = old.plain_len;
                 let (wb, tx) = (self.wb.clone(), tx.clone());
                 self.data.upload_async(
