@@ -133,6 +133,8 @@ pub struct Vfs {
     sync_on_close: std::sync::atomic::AtomicBool,
     /// The last file opened, to recognise a scan of a directory (grep -r, cp -r, rsync).
     scan: Mutex<files::Scan>,
+    /// Held by a repack: `gc` and the background repack never copy the same packs twice.
+    repacking: Mutex<()>,
 }
 
 /// Cheap, read-only counters for `cryptbucket status`.
@@ -188,6 +190,7 @@ impl Vfs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             scan: Mutex::new(files::Scan::default()),
+            repacking: Mutex::new(()),
             committed_gen: AtomicU64::new(u64::MAX),
             last_commit_ns: AtomicI64::new(0),
             read_only,

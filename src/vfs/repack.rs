@@ -36,6 +36,8 @@ impl Vfs {
     }
 
     fn repack_until(&self, dry_run: bool, stop: &AtomicBool) -> Result<(u64, u64)> {
+        // A second repack waits and then finds the packs the first one rewrote dense.
+        let _one = (!dry_run).then(|| self.repacking.lock());
         let (mut packs, mut bytes) = (0, 0);
         let (tx, rx) = mpsc::channel::<u64>();
         let mut in_flight = 0u64;
