@@ -150,9 +150,23 @@ fn setup(dir: &Path) -> (Arc<Hold>, Vec<File>) {
     (store, files)
 }
 
-/// Delete all but every fourth file of `setup` and sync: every pack is then about three
-/// quarters deleted files.
-fn delete_three_in_four(v: &Volume, files: &[File]) {
+/// A volume from `setup`, mounted, with all but every fourth file deleted and synced:
+/// every pack is then about three quarters deleted files.
+struct Sparse {
+    _tmp: tempfile::TempDir,
+    _cache: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    store: Arc<Hold>,
+    files: Vec<File>,
+    v: Volume,
+}
+
+fn sparse() -> Sparse {
+    let tmp = tempdir();
+    let dir = tmp.path().join("store");
+    let (store, files) = setup(&dir);
+    let cache = tempdir();
+    let v = open(&store, cache.path());
     let d = v.vfs.lookup(ROOT_INO, b"d").unwrap();
     for (i, (name, _, _)) in files.iter().enumerate() {
         if i % 4 != 0 {
@@ -160,10 +174,35 @@ fn delete_three_in_four(v: &Volume, files: &[File]) {
         }
     }
     v.vfs.sync_all().unwrap();
+    Sparse {
+        _tmp: tmp,
+        _cache: cache,
+        dir,
+        store,
+        files,
+        v,
+    }
 }
 
 fn fsck(dir: &Path, extra: &[&str]) -> Outcome {
     cb_with_passphrase("fsck", dir, PASS, extra)
+}
+
+/// `fsck --full` of the store at `dir` passes and finds nothing wrong.
+fn assert_fsck_clean(dir: &Path) {
+    let o = fsck(dir, &["--full"]);
+    o.assert_ok();
+    assert!(o.stdout.contains("0 errors"), "{o}");
+}
+
+/// Each of `files` reads back intact from the store alone (a fresh cache dir).
+fn assert_read_back<'a>(store: &Arc<Hold>, files: impl IntoIterator<Item = &'a File>, when: &str) {
+    let fresh = tempdir();
+    let v = open(store, fresh.path());
+    for (name, ino, data) in files {
+        assert_eq!(&vfs_read_all(&v.vfs, *ino), data, "{name} {when}");
+    }
+    v.unmount().unwrap();
 }
 
 #[test]
@@ -316,13 +355,15 @@ fn a_pack_stays_until_its_last_file_is_gone() {
 
 #[test]
 fn gc_on_a_live_mount_repacks_packs_that_are_mostly_deleted_files() {
-    let tmp = tempdir();
-    let dir = tmp.path().join("store");
-    let (store, files) = setup(&dir);
-    let cache = tempdir();
-    let v = open(&store, cache.path());
+    let Sparse {
+        _tmp,
+        _cache,
+        dir,
+        store,
+        files,
+        v,
+    } = sparse();
     let kept: Vec<&File> = files.iter().step_by(4).collect();
-    delete_three_in_four(&v, &files);
     let before = objects(&dir).len();
     // A file held open keeps its pack as it is (its chunk refs live in memory).
     let held = &kept[kept.len() / 2];
@@ -383,25 +424,20 @@ fn gc_on_a_live_mount_repacks_packs_that_are_mostly_deleted_files() {
     );
 
     // From the store alone: every kept file reads back, and fsck finds no damage.
-    let fresh = tempdir();
-    let v = open(&store, fresh.path());
-    for (name, ino, data) in &kept {
-        assert_eq!(&vfs_read_all(&v.vfs, *ino), data, "{name} after a remount");
-    }
-    v.unmount().unwrap();
-    let o = fsck(&dir, &["--full"]);
-    o.assert_ok();
-    assert!(o.stdout.contains("0 errors"), "{o}");
+    assert_read_back(&store, kept.iter().copied(), "after a remount");
+    assert_fsck_clean(&dir);
 }
 
 #[test]
 fn background_repack_waits_for_enough_to_gain_stops_when_asked_and_fetches_each_pack_once() {
-    let tmp = tempdir();
-    let dir = tmp.path().join("store");
-    let (store, files) = setup(&dir);
-    let cache = tempdir();
-    let v = open(&store, cache.path());
-    delete_three_in_four(&v, &files);
+    let Sparse {
+        _tmp,
+        _cache,
+        dir,
+        store,
+        files,
+        v,
+    } = sparse();
     let before = objects(&dir);
     let (packs, dead) = v.vfs.repack(true).unwrap();
     assert!(packs >= 2 && dead > 100_000, "{packs} {dead}");
@@ -432,22 +468,19 @@ fn background_repack_waits_for_enough_to_gain_stops_when_asked_and_fetches_each_
     );
     v.unmount().unwrap();
     assert!(objects(&dir).len() < before.len());
-    let fresh = tempdir();
-    let v = open(&store, fresh.path());
-    for (name, ino, data) in files.iter().step_by(4) {
-        assert_eq!(&vfs_read_all(&v.vfs, *ino), data, "{name} after a remount");
-    }
-    v.unmount().unwrap();
+    assert_read_back(&store, files.iter().step_by(4), "after a remount");
 }
 
 #[test]
 fn gc_of_an_unmounted_volume_repacks_too() {
-    let tmp = tempdir();
-    let dir = tmp.path().join("store");
-    let (store, files) = setup(&dir);
-    let cache = tempdir();
-    let v = open(&store, cache.path());
-    delete_three_in_four(&v, &files);
+    let Sparse {
+        _tmp,
+        _cache,
+        dir,
+        store,
+        files,
+        v,
+    } = sparse();
     let (packs, dead) = v.vfs.repack(true).unwrap();
     assert!(packs >= 2, "{packs}");
     v.unmount().unwrap();
@@ -504,9 +537,7 @@ fn gc_of_an_unmounted_volume_repacks_too() {
         assert_eq!(&vfs_read_all(&v.vfs, *ino), data, "{name} after the repack");
     }
     v.unmount().unwrap();
-    let o = fsck(&dir, &["--full"]);
-    o.assert_ok();
-    assert!(o.stdout.contains("0 errors"), "{o}");
+    assert_fsck_clean(&dir);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use clap::Args;
 use tokio::task::JoinSet;
 
 use cryptbucket::gc::{plan, GcReport, CHUNK_PREFIX, DEFAULT_MIN_AGE};
-use cryptbucket::meta::lease::{Lease, DEFAULT_LEASE_TTL};
+use cryptbucket::meta::lease::{Lease, DEFAULT_LEASE_TTL, LEASE_RENEW_INTERVAL};
 use cryptbucket::meta::remote::RemoteMeta;
 
 use super::{control, key_source, open_store, KeyArgs, StoreArgs};
@@ -88,7 +88,7 @@ pub fn run(mut args: GcArgs) -> Result<()> {
     )
     .context("cannot take the writer lease (if the volume is mounted, run gc with its mountpoint on that machine)")?);
     // A collection of many objects outlasts the lease.
-    let renewer = lease.renew_in_background(LEASE_RENEW_EVERY);
+    let renewer = lease.renew_in_background(LEASE_RENEW_INTERVAL);
     let res = (|| -> Result<GcReport> {
         let listing = rt.block_on(store.list(CHUNK_PREFIX))?;
         let now = SystemTime::now();
@@ -147,9 +147,6 @@ pub fn run(mut args: GcArgs) -> Result<()> {
     Ok(())
 }
 
-/// How often gc renews the lease it holds.
-const LEASE_RENEW_EVERY: Duration = Duration::from_secs(20);
-
 /// Repack an unmounted volume: open it as a mount would, without FUSE, in the volume's
 /// default cache dir (where a mount keeps it unless told otherwise: the metadata is loaded
 /// from the store only the first time, and the old packs' deletion schedule stays there
@@ -161,7 +158,7 @@ fn repack_offline(
 ) -> Result<(u64, u64)> {
     let vol = cryptbucket::volume::open_unlocked(rt, store, keys, &Default::default())
         .context("cannot open the volume to repack it")?;
-    let renewer = vol.lease.renew_in_background(LEASE_RENEW_EVERY);
+    let renewer = vol.lease.renew_in_background(LEASE_RENEW_INTERVAL);
     let r = vol.vfs.repack(false);
     let shut = vol.vfs.shutdown();
     drop(renewer);

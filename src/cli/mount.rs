@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 use cryptbucket::crypto::KeySource;
 use cryptbucket::fuse::FuseFs;
+use cryptbucket::meta::lease::LEASE_RENEW_INTERVAL;
 
 use super::{open_store, KeyArgs, StoreArgs};
 
@@ -22,8 +23,6 @@ use super::{open_store, KeyArgs, StoreArgs};
 pub const DEFAULT_COMMIT_INTERVAL_SECS: u64 = 5;
 /// A `--follow` mount looks for a new metadata head this often.
 const FOLLOW_INTERVAL: Duration = Duration::from_secs(5);
-/// Renew the writer lease this often (a third of its lifetime).
-const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(20);
 
 #[derive(Args, Debug)]
 pub struct MountArgs {

@@ -18,6 +18,8 @@ use crate::crypto::{RecordKind, VolumeKeys};
 
 pub const LEASE_KEY: &str = "lock";
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+/// How often a holder renews: three tries within one lifetime.
+pub const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(20);
 
 /// What the lease object says (sealed as a lease record).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

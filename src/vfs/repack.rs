@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{Result, Vfs};
 use crate::gc::is_sparse;
-use crate::meta::ChunkRef;
+use crate::meta::{ChunkRef, Ino};
 
 /// Bytes of deleted files in sparse packs below which a background repack does nothing:
 /// freeing less is not worth its downloads and uploads.
@@ -21,40 +21,55 @@ impl Vfs {
     /// Rewrite (or, with `dry_run`, count) the sparse packs: (packs, bytes of deleted files
     /// in them). A pack with a file that is open or has writes pending is left for later.
     pub fn repack(&self, dry_run: bool) -> Result<(u64, u64)> {
-        self.repack_until(dry_run, &AtomicBool::new(false))
+        let r = self.repack_if(dry_run, 0, &AtomicBool::new(false))?;
+        Ok(r.unwrap_or_default())
     }
 
     /// The background repack of a mount: when the sparse packs hold at least `min_bytes`
     /// of deleted files, rewrite them, stopping between packs once `stop` is set. None
     /// when there is too little to gain for the downloads and uploads it costs.
     pub fn auto_repack(&self, min_bytes: u64, stop: &AtomicBool) -> Result<Option<(u64, u64)>> {
-        let (_, bytes) = self.repack(true)?;
-        if bytes < min_bytes {
-            return Ok(None);
-        }
-        self.repack_until(false, stop).map(Some)
+        self.repack_if(false, min_bytes, stop)
     }
 
-    fn repack_until(&self, dry_run: bool, stop: &AtomicBool) -> Result<(u64, u64)> {
+    fn repack_if(
+        &self,
+        dry_run: bool,
+        min_bytes: u64,
+        stop: &AtomicBool,
+    ) -> Result<Option<(u64, u64)>> {
         // A second repack waits and then finds the packs the first one rewrote dense.
         let _one = (!dry_run).then(|| self.repacking.lock());
+        // Each sparse pack with the bytes of deleted files in it.
+        let sparse: Vec<(Vec<(Ino, ChunkRef)>, u64)> = self
+            .meta
+            .sparse_packs()?
+            .into_iter()
+            .filter_map(|members| {
+                let len = members[0].1.obj_len();
+                let live: u64 = members.iter().map(|(_, c)| c.plain_len).sum();
+                let open = members.iter().any(|(ino, _)| self.wb.is_tracked(*ino));
+                (is_sparse(live, len) && !open).then_some((members, len - live))
+            })
+            .collect();
+        let dead: u64 = sparse.iter().map(|(_, d)| d).sum();
+        if dry_run {
+            return Ok(Some((sparse.len() as u64, dead)));
+        }
+        if dead < min_bytes {
+            return Ok(None);
+        }
         let (mut packs, mut bytes) = (0, 0);
         let (tx, rx) = mpsc::channel::<u64>();
         let mut in_flight = 0u64;
         let mut waiting = 0usize;
-        for members in self.meta.sparse_packs()? {
-            let len = members[0].1.obj_len();
-            let live: u64 = members.iter().map(|(_, c)| c.plain_len).sum();
-            if !is_sparse(live, len) || members.iter().any(|(ino, _)| self.wb.is_tracked(*ino)) {
-                continue;
-            }
-            if dry_run {
-                packs += 1;
-                bytes += len - live;
-                continue;
-            }
+        for (members, pack_dead) in sparse {
             if stop.load(Ordering::SeqCst) {
                 break;
+            }
+            // Opened since the listing: its refs are in memory now (the swap refuses too).
+            if members.iter().any(|(ino, _)| self.wb.is_tracked(*ino)) {
+                continue;
             }
             if members.len() > 1 {
                 // One GET for the whole pack instead of a ranged one per member: the reads
@@ -75,7 +90,7 @@ impl Vfs {
                 }
             };
             packs += 1;
-            bytes += len - live;
+            bytes += pack_dead;
             for ((ino, old), data) in members.into_iter().zip(datas) {
                 let n = old.plain_len;
                 let (wb, tx) = (self.wb.clone(), tx.clone());
@@ -110,9 +125,9 @@ impl Vfs {
                 break;
             }
         }
-        if packs > 0 && !dry_run {
+        if packs > 0 {
             self.commit()?;
         }
-        Ok((packs, bytes))
+        Ok(Some((packs, bytes)))
     }
 }
