@@ -330,6 +330,11 @@ impl SqliteMeta {
         // locking saves two fcntl locks per transaction and keeps the WAL index in memory
         // instead of a shared -shm file (set before the first WAL access for that).
         conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+        // 2 KiB pages for a new database (an existing one keeps its size): a create or
+        // setattr changes a few rows in several B-trees, and each changed page is one WAL
+        // frame written, checksummed and later checkpointed; halving the frames made an
+        // untar 15-25 % faster (see DESIGN "Metadata").
+        conn.pragma_update(None, "page_size", 2048)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // WAL + NORMAL: every commit survives a daemon crash; a power loss can only lose the
         // newest un-fsynced changes, never consistency (fsync() durability is the bucket's).
