@@ -988,3 +988,55 @@ fn an_idle_mount_repacks_small_files_in_the_background() {
     o.assert_ok();
     assert!(o.stdout.contains("0 errors"), "{o}");
 }
+
+/// The read-ahead window (`read_ahead_kb` of the mount's bdi), found through mountinfo.
+fn read_ahead_kb(mnt: &Path) -> u32 {
+    let mnt = fs::canonicalize(mnt).unwrap();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dev = info
+        .lines()
+        .rev()
+        .filter(|l| l.split(' ').nth(4) == mnt.to_str())
+        .find_map(|l| l.split(' ').nth(2))
+        .expect("the mount in mountinfo");
+    let v = fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap();
+    v.trim().parse().unwrap()
+}
+
+#[test]
+fn a_mount_widens_the_kernel_read_ahead_window() {
+    require_fuse!("a_mount_widens_the_kernel_read_ahead_window");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: setting read_ahead_kb needs root");
+        return;
+    }
+    let work = tempdir();
+    let w = work.path();
+    let vol = Volume::local(&w.join("store"), Key::Passphrase(PASS.into()));
+    vol.init();
+    let mnt = w.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let m = vol.mount(&mnt, &w.join("cache"));
+    assert_eq!(read_ahead_kb(&mnt), 1024, "the default window");
+    // A big file read through 1 MiB requests comes back whole.
+    let data = pattern(9 << 20, 7);
+    fs::write(mnt.join("big"), &data).unwrap();
+    m.unmount();
+    for (flag, want) in [("512", 512), ("0", 128)] {
+        let mut c = vol.cmd("mount", &[&vol.store, mnt.to_str().unwrap()]);
+        let cache = w.join(format!("cache-{flag}"));
+        c.arg("--cache-dir")
+            .arg(&cache)
+            .args(["--read-ahead-kb", flag]);
+        let o = run(&mut c, CMD_TIMEOUT);
+        let m = Mount::adopt(&mnt, &cache);
+        o.assert_ok();
+        assert_eq!(read_ahead_kb(&mnt), want, "--read-ahead-kb {flag}");
+        assert!(
+            fs::read(mnt.join("big")).unwrap() == data,
+            "read back with {flag}"
+        );
+        m.unmount();
+    }
+}

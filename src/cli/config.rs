@@ -76,6 +76,9 @@ pub struct VolumeConfig {
     /// Idle time before sparse packs are rewritten ("15m", "0" = never; `--repack-interval`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repack_interval: Option<String>,
+    /// Kernel read-ahead window in KiB (0 = the kernel's; `--read-ahead-kb`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_ahead_kb: Option<u32>,
     /// (S3) PEM file of trusted CA certificates, replacing the system roots (`--ca-bundle`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<PathBuf>,
@@ -201,6 +204,16 @@ impl VolumeConfig {
             return Err(problem(
                 &["spin_us"],
                 format!("must be 0 to {max} microseconds"),
+            ));
+        }
+        if self
+            .read_ahead_kb
+            .is_some_and(|kb| kb > super::readahead::READ_AHEAD_KB_MAX)
+        {
+            let max = super::readahead::READ_AHEAD_KB_MAX;
+            return Err(problem(
+                &["read_ahead_kb"],
+                format!("must be 0 to {max} KiB"),
             ));
         }
         if self.io_timeout == Some(0) {
@@ -371,6 +384,7 @@ pub struct Applied {
     pub staging_size: Option<u64>,
     pub spin_us: Option<u64>,
     pub repack_interval: Option<std::time::Duration>,
+    pub read_ahead_kb: Option<u32>,
 }
 
 /// If `store.store` names a volume of the configuration, replace it with that volume's store
@@ -478,6 +492,7 @@ pub fn merge(
             .repack_interval
             .as_deref()
             .and_then(|t| super::idle::parse_duration(t).ok()),
+        read_ahead_kb: v.read_ahead_kb,
     }
 }
 
@@ -505,6 +520,9 @@ pub fn apply_mount(args: &mut MountArgs) -> Result<PathBuf> {
     }
     if args.repack_interval.is_none() {
         args.repack_interval = applied.repack_interval;
+    }
+    if args.read_ahead_kb.is_none() {
+        args.read_ahead_kb = applied.read_ahead_kb;
     }
     if args.mountpoint.is_none() {
         args.mountpoint = applied.mountpoint;

@@ -119,6 +119,7 @@ pub fn translate(args: &[OsString]) -> Result<Plan> {
             "staging_size" => "--staging-size",
             "spin_us" => "--spin-us",
             "repack_interval" => "--repack-interval",
+            "read_ahead_kb" => "--read-ahead-kb",
             "idle_timeout" => "--idle-timeout",
             "io_timeout" => "--io-timeout",
             "cache_dir" => "--cache-dir",
@@ -144,7 +145,7 @@ pub fn translate(args: &[OsString]) -> Result<Plan> {
             _ if IGNORED.contains(&k) && v.is_none() => continue,
             _ if k.starts_with("x-") || k.starts_with("X-") || k == "comment" => continue,
             _ => bail!(UsageError(format!(
-                "unknown mount option `{o}` (known: keyfile=, passphrase_file=, passphrase_command=, cache_dir=, cache_size=, staging_size=, spin_us=, config=, endpoint=, region=, commit_interval=, idle_timeout=, io_timeout=, repack_interval=, allow_other, ro, follow, sync_on_close; see docs/CONFIGURATION.md)"
+                "unknown mount option `{o}` (known: keyfile=, passphrase_file=, passphrase_command=, cache_dir=, cache_size=, staging_size=, spin_us=, config=, endpoint=, region=, commit_interval=, idle_timeout=, io_timeout=, repack_interval=, read_ahead_kb=, allow_other, ro, follow, sync_on_close; see docs/CONFIGURATION.md)"
             ))),
         };
         match v {
@@ -260,7 +261,7 @@ mod tests {
                 "/s",
                 "/m",
                 "-o",
-                "passphrase_command=pass show cb/nas,cache_size=10G,idle_timeout=15m,staging_size=512M,spin_us=0,io_timeout=30,repack_interval=0",
+                "passphrase_command=pass show cb/nas,cache_size=10G,idle_timeout=15m,staging_size=512M,spin_us=0,io_timeout=30,repack_interval=0,read_ahead_kb=0",
             ]))
             .expect("translate"),
             Plan::Mount(os(&[
@@ -280,6 +281,8 @@ mod tests {
                 "--io-timeout",
                 "30",
                 "--repack-interval",
+                "0",
+                "--read-ahead-kb",
                 "0"
             ]))
         );

@@ -21,6 +21,7 @@ pub mod notify;
 pub mod passcmd;
 pub mod passwd;
 pub mod progress;
+pub mod readahead;
 pub mod rekey;
 pub mod s3opts;
 pub mod status;

@@ -85,8 +85,32 @@ pub struct MountArgs {
     /// (e.g. 15m, 1h; default 15m; 0 = never: only `cryptbucket gc` repacks).
     #[arg(long, value_name = "DURATION", value_parser = super::idle::parse_duration)]
     pub repack_interval: Option<Duration>,
+    /// Kernel read-ahead window of the mount in KiB (default 1024; 0 = keep the kernel's
+    /// 128). Sequential reads then reach the daemon as 1 MiB requests instead of 128 KiB.
+    /// Setting it needs root (it is the mount's `read_ahead_kb` in sysfs); otherwise the
+    /// kernel's window stays and the log says so.
+    #[arg(long, value_name = "KB",
+          value_parser = clap::value_parser!(u32).range(0..=super::readahead::READ_AHEAD_KB_MAX as i64))]
+    pub read_ahead_kb: Option<u32>,
     #[arg(long, hide = true)]
     pub daemon_child: bool,
+}
+
+/// Set the mount's kernel read-ahead window (`--read-ahead-kb`); a refusal only costs speed.
+fn set_read_ahead(mnt: &Path, kb: Option<u32>) {
+    let kb = kb.unwrap_or(super::readahead::DEFAULT_READ_AHEAD_KB);
+    if kb == 0 {
+        return;
+    }
+    // The kernel lowers the window to the INIT reply's max_readahead when that reply comes,
+    // so it is set after: a stat of the root waits for INIT to be answered.
+    let _ = std::fs::metadata(mnt);
+    match super::readahead::set(mnt, kb) {
+        Ok(before) => tracing::debug!("read-ahead window {before} -> {kb} KiB"),
+        Err(e) => tracing::info!(
+            "read-ahead window stays at the kernel's default ({e}; setting --read-ahead-kb needs root)"
+        ),
+    }
 }
 
 /// Idle time before a mount rewrites its sparse packs (`--repack-interval`).
@@ -378,6 +402,7 @@ fn serve(
     );
     let session = session.spawn().context("cannot start the FUSE session")?;
     let _ = notify.set(session.notifier());
+    set_read_ahead(&mnt, args.read_ahead_kb);
     let pidf = pid_file(&mnt);
     let _ = std::fs::create_dir_all(runtime_dir());
     let _ = std::fs::remove_file(pidf.with_extension("err"));

@@ -26,6 +26,7 @@ fn full(store: &str) -> VolumeConfig {
         spin_us: Some(20),
         io_timeout: Some(120),
         repack_interval: Some("1h".into()),
+        read_ahead_kb: Some(4096),
         ca_bundle: Some("/etc/ssl/private-ca.pem".into()),
         sse: Some("aws:kms".into()),
         sse_kms_key_id: Some("alias/backup".into()),
@@ -221,6 +222,7 @@ fn the_file_fills_in_what_the_command_line_left_out() {
         applied.repack_interval,
         Some(std::time::Duration::from_secs(3600))
     );
+    assert_eq!(applied.read_ahead_kb, Some(4096));
     assert_eq!(s.io_timeout, Some(120));
     assert_eq!(s.s3.ca_bundle, v.ca_bundle);
     assert_eq!(s.s3.sse.as_deref(), Some("aws:kms"));
@@ -314,6 +316,11 @@ fn idle_timeout_and_notify_reach_mount() {
     let e = err("[volumes.a]\nstore = \"/srv/a\"\nrepack_interval = \"often\"\n");
     assert!(
         e.contains("line 3, volume `a`, key `repack_interval`") && e.contains("not a duration"),
+        "{e}"
+    );
+    let e = err("[volumes.a]\nstore = \"/srv/a\"\nread_ahead_kb = 100000\n");
+    assert!(
+        e.contains("key `read_ahead_kb`") && e.contains("must be 0 to 16384 KiB"),
         "{e}"
     );
     let e = err("[volumes.a]\nstore = \"/srv/a\"\nnotify = \"yes\"\n");
