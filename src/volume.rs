@@ -309,9 +309,11 @@ pub fn open_unlocked(
     keys: Arc<VolumeKeys>,
     opts: &OpenOptions,
 ) -> Result<Volume> {
-    let cache_dir = opts.cache_dir.clone();
     let volume_id = hex::encode(keys.volume_id());
-    let cache_dir = cache_dir.unwrap_or_else(|| default_cache_dir(&volume_id));
+    let cache_dir = opts
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| default_cache_dir(&volume_id));
     fs::create_dir_all(&cache_dir).map_err(|e| VolumeError::Local(cache_dir.clone(), e))?;
     let cache_dir = fs::canonicalize(&cache_dir).map_err(|e| VolumeError::Local(cache_dir, e))?;
     let _ = fs::set_permissions(

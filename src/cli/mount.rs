@@ -96,27 +96,20 @@ pub struct MountArgs {
     pub daemon_child: bool,
 }
 
-/// Set the mount's kernel read-ahead window (`--read-ahead-kb`); a refusal only costs speed.
-fn set_read_ahead(mnt: &Path, kb: Option<u32>) {
-    let kb = kb.unwrap_or(super::readahead::DEFAULT_READ_AHEAD_KB);
-    if kb == 0 {
-        return;
-    }
-    // The kernel lowers the window to the INIT reply's max_readahead when that reply comes,
-    // so it is set after: a stat of the root waits for INIT to be answered.
-    let _ = std::fs::metadata(mnt);
-    match super::readahead::set(mnt, kb) {
-        Ok(before) => tracing::debug!("read-ahead window {before} -> {kb} KiB"),
-        Err(e) => tracing::info!(
-            "read-ahead window stays at the kernel's default ({e}; setting --read-ahead-kb needs root)"
-        ),
-    }
-}
-
 /// Idle time before a mount rewrites its sparse packs (`--repack-interval`).
 const DEFAULT_REPACK_INTERVAL: Duration = Duration::from_secs(15 * 60);
 /// A FUSE request this recent stops a background repack (after the pack in hand).
 const REPACK_YIELD: Duration = Duration::from_secs(1);
+
+fn log_repack(r: cryptbucket::vfs::Result<Option<(u64, u64)>>) {
+    match r {
+        Ok(Some((packs, bytes))) => tracing::info!(
+            "background repack: rewrote {packs} packs of small files; {bytes} bytes of deleted files in them are freed after the grace period"
+        ),
+        Ok(None) => tracing::debug!("background repack: too little to gain"),
+        Err(e) => tracing::warn!("background repack failed (will try again later): {e}"),
+    }
+}
 
 /// Run one background repack (src/vfs/repack.rs) on its own thread: it reads and uploads
 /// for as long as it takes, and the serving loop must keep renewing the lease meanwhile.
@@ -129,15 +122,7 @@ fn start_repack(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(cryptbucket::vfs::AUTO_REPACK_MIN_BYTES);
-    let run = move || {
-        match vfs.auto_repack(min, &stop) {
-        Ok(Some((packs, bytes))) => tracing::info!(
-            "background repack: rewrote {packs} packs of small files; {bytes} bytes of deleted files in them are freed after the grace period"
-        ),
-        Ok(None) => tracing::debug!("background repack: too little to gain"),
-        Err(e) => tracing::warn!("background repack failed (will try again later): {e}"),
-    }
-    };
+    let run = move || log_repack(vfs.auto_repack(min, &stop));
     match std::thread::Builder::new().name("repack".into()).spawn(run) {
         Ok(h) => Some(h),
         Err(e) => {
@@ -402,7 +387,7 @@ fn serve(
     );
     let session = session.spawn().context("cannot start the FUSE session")?;
     let _ = notify.set(session.notifier());
-    set_read_ahead(&mnt, args.read_ahead_kb);
+    super::readahead::apply(&mnt, args.read_ahead_kb);
     let pidf = pid_file(&mnt);
     let _ = std::fs::create_dir_all(runtime_dir());
     let _ = std::fs::remove_file(pidf.with_extension("err"));

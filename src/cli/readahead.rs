@@ -52,8 +52,25 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Set the mount's kernel read-ahead window (`--read-ahead-kb`); a refusal only costs speed.
+pub fn apply(mnt: &Path, kb: Option<u32>) {
+    let kb = kb.unwrap_or(DEFAULT_READ_AHEAD_KB);
+    if kb == 0 {
+        return;
+    }
+    // The kernel lowers the window to the INIT reply's max_readahead when that reply comes,
+    // so it is set after: a stat of the root waits for INIT to be answered.
+    let _ = std::fs::metadata(mnt);
+    match set(mnt, kb) {
+        Ok(before) => tracing::debug!("read-ahead window {before} -> {kb} KiB"),
+        Err(e) => tracing::info!(
+            "read-ahead window stays at the kernel's default ({e}; setting --read-ahead-kb needs root)"
+        ),
+    }
+}
+
 /// Set the read-ahead window of the mount at `mnt` to `kb` KiB; returns the value before.
-pub fn set(mnt: &Path, kb: u32) -> io::Result<u32> {
+fn set(mnt: &Path, kb: u32) -> io::Result<u32> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let dev = mount_device(&info, mnt).ok_or_else(|| {
         io::Error::new(
